@@ -1,0 +1,5 @@
+import sys
+
+from hyperfrac.cli import main
+
+sys.exit(main())
