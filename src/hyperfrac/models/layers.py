@@ -1,0 +1,190 @@
+"""Transformer building blocks in the OLMo-2 style: norm, rotary embedding, attention, SwiGLU.
+
+Read top to bottom: ``build_norm`` -> ``Rotary`` -> ``Attention`` -> ``SwiGLU`` -> ``Block``.
+
+* Norms: RMSNorm (OLMo-2, OLMoE) or LayerNorm, each with or without learnable weight. OLMo-1B/7B
+  use a *non-parametric* LayerNorm (no weight, no bias), which is why they have no norm params.
+* RoPE (Su et al. 2021, "RoFormer"), rotate-half convention as in Llama/OLMo, computed in fp32.
+* Attention: one fused QKV projection, optional grouped-query heads, optional QK-norm over the
+  full projected width (OLMo-2 / OLMoE), causal or bidirectional
+  ``F.scaled_dot_product_attention``.
+* SwiGLU MLP (Shazeer 2020): one fused input projection D -> 2H (gate and up), output H -> D.
+* Block: two stream connections (attention, FFN) from :mod:`hyperfrac.connections`. The block
+  owns the pre-norms and hands the connection a *branch* callable; with ``postnorm`` the
+  connection normalises after the add itself, so the block skips its pre-norm.
+
+Axis legend: B batch, T time (tokens), D width, H heads / hidden, Dh head width.
+Model code here knows nothing about devices, precision or distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def build_norm(kind: str, dim: int, *, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    """RMSNorm or LayerNorm over the last axis; ``affine=False`` gives the parameter-free
+    variant used by OLMo-1B/7B (``layernorm``, no weight, no bias)."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps, elementwise_affine=affine)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine, bias=False)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables (RoFormer Eq. 34), rotate-half layout.
+
+    ``cos``/``sin`` are non-persistent buffers of shape (max_seq_len, Dh): they are rebuilt on
+    construction and never stored in checkpoints.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10_000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head width, got head_dim={head_dim}")
+        self.max_seq_len = max_seq_len
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        t = torch.arange(max_seq_len, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # (T, Dh/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (T, Dh)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, T: int) -> tuple[Tensor, Tensor]:
+        if T > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {T} exceeds max_seq_len={self.max_seq_len}; "
+                "raise model.max_seq_len"
+            )
+        return self.cos[:T], self.sin[:T]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, Dh); cos/sin: (T, Dh). Rotation done in fp32, result in x's dtype."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with fused QKV, optional GQA and optional QK-norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        *,
+        qk_norm: bool = False,
+        norm: str = "rmsnorm",
+        norm_eps: float = 1e-5,
+        bias: bool = False,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        if dim % n_heads:
+            raise ValueError(f"n_heads={n_heads} does not divide dim={dim}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} does not divide n_heads={n_heads}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = dim // n_heads
+        self.causal = causal
+        kv_dim = n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
+        self.out = nn.Linear(dim, dim, bias=bias)
+        # OLMo-2 / OLMoE QK-norm: one norm over the full projected q (and k) width.
+        self.q_norm = build_norm(norm, dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = build_norm(norm, kv_dim, eps=norm_eps) if qk_norm else None
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        B, T, D = x.shape
+        kv_dim = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.out(y)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): out(silu(gate(x)) * up(x)), gate/up fused."""
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool = False) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w_in = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w_out = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w_in(x).chunk(2, dim=-1)  # 2 x (..., hidden)
+        return self.w_out(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One transformer block: attention then FFN, each wrapped by a stream connection.
+
+    ``h`` is the connection's stream state (HC: (B, T, n, D); FC: (B, T, m, D/m); residual:
+    (B, T, D)). The branch seen by the connection is ``attn(norm(x))`` (pre-norm), or
+    ``attn(x)`` for connections that normalise themselves (``postnorm``). The FFN may be a
+    dense :class:`SwiGLU` or an MoE layer; an MoE returns ``(out, aux)`` and its ``aux`` is
+    appended to the ``aux`` list handed to :meth:`forward`.
+    """
+
+    def __init__(
+        self,
+        attn: nn.Module,
+        ffn: nn.Module,
+        attn_conn: nn.Module,
+        ffn_conn: nn.Module,
+        attn_norm: nn.Module,
+        ffn_norm: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.attn, self.ffn = attn, ffn
+        self.attn_conn, self.ffn_conn = attn_conn, ffn_conn
+        # Post-norm connections normalise after the add: no block pre-norm (and no params).
+        self.attn_norm = attn_norm if attn_conn.uses_prenorm else None
+        self.ffn_norm = ffn_norm if ffn_conn.uses_prenorm else None
+
+    def forward(
+        self, h: Tensor, rope: tuple[Tensor, Tensor] | None = None, aux: list | None = None
+    ) -> Tensor:
+        def attn_branch(x: Tensor) -> Tensor:
+            if self.attn_norm is not None:
+                x = self.attn_norm(x)
+            return self.attn(x, rope)
+
+        def ffn_branch(x: Tensor) -> Tensor:
+            if self.ffn_norm is not None:
+                x = self.ffn_norm(x)
+            y = self.ffn(x)
+            if isinstance(y, tuple):  # MoE: (out, aux dict)
+                y, a = y
+                if aux is not None:
+                    aux.append(a)
+            return y
+
+        h = self.attn_conn(h, attn_branch)
+        return self.ffn_conn(h, ffn_branch)
+
+
+def init_linear(module: nn.Linear, std: float) -> None:
+    """Normal(0, std) weights truncated at ±3 std (OLMo-2), zero bias."""
+    nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,256 @@
+"""Decoder-only language models: dense (OLMo / OLMo-2 style) and MoE (OLMoE style).
+
+Architecture (every choice is a field of :class:`LMConfig`):
+
+* token embedding (no scaling, no positional embedding) -> ``conn.expand`` into the stream
+  state -> ``n_layers`` blocks (attention, then FFN, each wrapped by a stream connection) ->
+  ``conn.reduce`` back to width D -> final norm -> LM head (tied to the embedding or not);
+* attention: fused QKV, RoPE, causal SDPA, optional GQA and QK-norm (OLMo-2, OLMoE);
+* FFN: SwiGLU, or top-k routed SwiGLU experts (:mod:`hyperfrac.models.moe`);
+* norms: RMSNorm or LayerNorm, with or without weights (OLMo-1B/7B: parameter-free LayerNorm);
+* init: truncated normal(0, ``init_std``); the output projections of every branch (attention
+  ``out``, FFN ``w_out``) use ``init_std * conn.output_scale``, i.e. √n for HC/DHC/mHC
+  (HC §4, "Implementation": the streams are summed at the output, so each layer's output
+  module std is scaled by √n).
+
+The residual stream is whatever the configured connection says
+(``connection: {kind: dhc, n_streams: 4}``); ``kind: residual`` gives the plain Pre-Norm model.
+
+Run it::
+
+    from hyperfrac.models import LMConfig, TransformerLM
+    model = TransformerLM(LMConfig(vocab_size=8192, dim=256, n_layers=6, n_heads=4,
+                                   connection={"kind": "dhc", "n_streams": 4}))
+    out = model(idx, targets)          # out.loss, out.logits, out.aux_loss, out.moe_stats
+
+Axis legend: B batch, T time, D width, V vocabulary, n streams (HC), m fractions (FC).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyperfrac.models.layers import NORMS, Attention, Block, Rotary, SwiGLU, build_norm, init_linear
+from hyperfrac.models.moe import MoE
+
+
+@dataclass
+class MoEConfig:
+    """Routed-expert FFN (OLMoE). Replaces the dense SwiGLU in every block."""
+
+    n_experts: int = 8
+    """E, number of experts."""
+    top_k: int = 2
+    """k, experts per token."""
+    expert_hidden: int = 256
+    """SwiGLU hidden width H of one expert."""
+    capacity_factor: float | None = 1.25
+    """Slots per expert = ceil(cf * N * k / E); overflow is dropped (logged). None: dropless."""
+    lb_loss_weight: float = 0.01
+    """Coefficient of the load-balancing loss (OLMoE: 0.01)."""
+    z_loss_weight: float = 0.001
+    """Coefficient of the router z-loss (OLMoE: 0.001)."""
+    norm_topk_prob: bool = False
+    """Renormalise the top-k router probabilities to sum to 1 (OLMoE: False)."""
+
+
+@dataclass
+class LMConfig:
+    """Decoder LM shape and architecture. Field docstrings are the documentation."""
+
+    vocab_size: int = 8192
+    """Embedding rows; must be >= the tokenizer's vocabulary (pad up, e.g. to a multiple of 64)."""
+    dim: int = 256
+    """Model width D."""
+    n_layers: int = 6
+    """Number of blocks (each has 2 sublayers: attention and FFN)."""
+    n_heads: int = 4
+    """Attention heads; head width = dim / n_heads."""
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; None = n_heads (plain MHA)."""
+    mlp_hidden: int | None = None
+    """SwiGLU hidden width H; None = 8/3 * dim rounded up to ``multiple_of``."""
+    multiple_of: int = 64
+    """Rounding for the default ``mlp_hidden``."""
+    max_seq_len: int = 1024
+    """Longest sequence the RoPE tables cover."""
+    rope_theta: float = 10_000.0
+    """RoPE base (OLMo-1: 1e4, OLMo-2: 5e5)."""
+    norm: str = "rmsnorm"
+    """Norm kind: rmsnorm | layernorm."""
+    norm_affine: bool = True
+    """Learnable norm weights. False = parameter-free norm (OLMo-1B/7B)."""
+    norm_eps: float = 1e-5
+    """Norm epsilon."""
+    qk_norm: bool = False
+    """Normalise projected queries and keys (OLMo-2, OLMoE)."""
+    tie_embeddings: bool = True
+    """Share the embedding matrix with the LM head."""
+    bias: bool = False
+    """Biases in the linear layers (OLMo: none)."""
+    init_std: float = 0.02
+    """Std of the truncated-normal init; branch output projections get × conn.output_scale."""
+    connection: dict[str, Any] = field(default_factory=lambda: {"kind": "residual"})
+    """Stream connection: ``kind`` (residual, postnorm, hc, dhc, fc, dfc, mhc) plus the options
+    of :func:`hyperfrac.connections.build` (n_streams, n_fracs, tanh, norm, ...)."""
+    moe: MoEConfig | None = None
+    """Routed experts instead of the dense FFN (OLMoE); None = dense."""
+
+    def resolved_mlp_hidden(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        h = int(8 * self.dim / 3)
+        return self.multiple_of * math.ceil(h / self.multiple_of)
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} does not divide dim={self.dim}")
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
+        if "kind" not in self.connection:
+            raise ValueError("model.connection needs a 'kind', e.g. {kind: residual}")
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor
+    """(B, T, V) next-token logits."""
+    loss: Tensor | None
+    """Mean cross-entropy over targets != ignore_index (None without targets)."""
+    aux_loss: Tensor
+    """Weighted MoE balance + z losses summed over layers (0 for dense models)."""
+    moe_stats: dict[str, Tensor]
+    """Detached MoE statistics (lb_loss, z_loss, dropped, load (L, E)); empty when dense."""
+
+
+def build_connection(spec: dict[str, Any], dim: int, layer_idx: int) -> nn.Module:
+    """Resolve ``{"kind": ..., **options}`` through the connection registry."""
+    from hyperfrac.connections import KINDS, build
+
+    options = dict(spec)
+    kind = options.pop("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown connection kind {kind!r}; choose one of {KINDS}")
+    return build(kind, dim, layer_idx=layer_idx, **options)
+
+
+class TransformerLM(nn.Module):
+    """Decoder LM; see the module docstring for the architecture."""
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        D = cfg.dim
+        self.embed = nn.Embedding(cfg.vocab_size, D)
+        self.rotary = Rotary(D // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        blocks = []
+        for i in range(cfg.n_layers):
+            attn = Attention(
+                D, cfg.n_heads, cfg.n_kv_heads, qk_norm=cfg.qk_norm, norm=cfg.norm,
+                norm_eps=cfg.norm_eps, bias=cfg.bias,
+            )
+            if cfg.moe is None:
+                ffn: nn.Module = SwiGLU(D, cfg.resolved_mlp_hidden(), bias=cfg.bias)
+            else:
+                m = cfg.moe
+                ffn = MoE(
+                    D, m.n_experts, m.top_k, m.expert_hidden, capacity_factor=m.capacity_factor,
+                    lb_loss_weight=m.lb_loss_weight, z_loss_weight=m.z_loss_weight,
+                    norm_topk_prob=m.norm_topk_prob,
+                )
+            norm = dict(eps=cfg.norm_eps, affine=cfg.norm_affine)
+            blocks.append(
+                Block(
+                    attn, ffn,
+                    attn_conn=build_connection(cfg.connection, D, 2 * i),
+                    ffn_conn=build_connection(cfg.connection, D, 2 * i + 1),
+                    attn_norm=build_norm(cfg.norm, D, **norm),
+                    ffn_norm=build_norm(cfg.norm, D, **norm),
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = build_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @property
+    def streams(self) -> nn.Module:
+        """The connection whose ``expand``/``reduce`` enter and leave the stream state (all
+        connections of a model share them)."""
+        return self.blocks[0].attn_conn
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        nn.init.trunc_normal_(self.embed.weight, std=std, a=-3 * std, b=3 * std)
+        if not self.cfg.tie_embeddings:
+            init_linear(self.lm_head, std)
+        for block in self.blocks:
+            out_std = std * float(block.attn_conn.output_scale)
+            init_linear(block.attn.qkv, std)
+            init_linear(block.attn.out, out_std)
+            ffn_std = std * float(block.ffn_conn.output_scale)
+            if isinstance(block.ffn, MoE):
+                init_linear(block.ffn.router, std)
+                nn.init.trunc_normal_(block.ffn.w_in, std=std, a=-3 * std, b=3 * std)
+                nn.init.trunc_normal_(block.ffn.w_out, std=ffn_std, a=-3 * ffn_std, b=3 * ffn_std)
+            else:
+                init_linear(block.ffn.w_in, std)
+                init_linear(block.ffn.w_out, ffn_std)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, ignore_index: int = -100
+    ) -> LMOutput:
+        """idx: (B, T) token ids; targets: (B, T) next-token ids or None."""
+        B, T = idx.shape
+        rope = self.rotary(T)
+        x = self.embed(idx)  # (B, T, D)
+        h = self.streams.expand(x)  # HC: (B, T, n, D); FC: (B, T, m, D/m); residual: (B, T, D)
+        aux: list[dict[str, Tensor]] = []
+        for block in self.blocks:
+            h = block(h, rope, aux)
+        x = self.norm(self.streams.reduce(h))  # (B, T, D)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=ignore_index
+            )
+        if aux:
+            aux_loss = torch.stack([a["loss"] for a in aux]).sum()
+            stats = {
+                "lb_loss": torch.stack([a["lb_loss"] for a in aux]).mean(),
+                "z_loss": torch.stack([a["z_loss"] for a in aux]).mean(),
+                "dropped": torch.stack([a["dropped"] for a in aux]).mean(),
+                "load": torch.stack([a["load"] for a in aux]),  # (L, E)
+            }
+        else:
+            aux_loss, stats = logits.new_zeros((), dtype=torch.float32), {}
+        return LMOutput(logits, loss, aux_loss, stats)
+
+
+def count_params(model: nn.Module, *, exclude_embeddings: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once). With ``exclude_embeddings``
+    the token embedding and LM head are left out."""
+    seen: set[int] = set()
+    total = 0
+    skip: set[int] = set()
+    if exclude_embeddings:
+        for name in ("embed", "lm_head"):
+            sub = getattr(model, name, None)
+            if sub is not None:
+                skip.update(id(p) for p in sub.parameters())
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
