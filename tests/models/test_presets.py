@@ -54,3 +54,18 @@ def test_vit_forward_cls_and_mean() -> None:
         assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="does not divide"):
         build_preset("vit-tiny", patch_size=5)
+
+
+@pytest.mark.parametrize(
+    "connection, extra",
+    [
+        ({"kind": "hc", "n_streams": 4}, 768),  # HC Table 7: OLMo-1B-SHC×4
+        ({"kind": "dhc", "n_streams": 4}, 394_048),  # HC Table 7: OLMo-1B-DHC×4
+        ({"kind": "fc", "n_fracs": 4}, 1_152),  # FC §4.4: SFC×4
+        ({"kind": "dfc", "n_fracs": 4}, 165_056),  # FC §4.4: DFC×4
+    ],
+)
+def test_olmo_1b_connection_increments(connection: dict, extra: int) -> None:
+    base = count_params(build_preset("olmo-1b", device="meta"))
+    model = build_preset("olmo-1b", device="meta", connection=connection)
+    assert count_params(model) - base == extra
