@@ -1,0 +1,1 @@
+"""Benchmarks behind `hyperfrac bench ...`: speed and memory as ratios to the residual."""

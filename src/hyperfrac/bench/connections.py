@@ -1,0 +1,267 @@
+"""Connection benchmark: a 12-layer stack, forward + backward, ours vs the residual and the peer.
+
+Every variant wraps the *same* branch weights: LayerNorm -> Linear(D, 4D) -> GELU -> Linear(4D, D),
+then a final LayerNorm and a mean-square loss. All variants are built first and timed in
+interleaved rounds (so drift in machine speed hits all of them alike); we report the median
+and the ratio to our residual stack measured in the same run. The peer is the PyPI package
+``hyper-connections`` (lucidrains), when installed.
+
+"saved MiB" is the total size of the distinct storages autograd keeps for backward, excluding
+parameters and the input: the activation memory a training step holds at the loss.
+
+    hyperfrac bench connections                 # eager + compiled, writes bench_results/...
+    hyperfrac bench connections --modes eager --rounds 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyperfrac.connections import build
+
+# Issue #2 targets, ratio to our residual.
+TARGETS = {
+    ("eager", "dhc x4"): 1.40,
+    ("eager", "dfc x4"): 1.10,
+    ("eager", "mhc x4"): 1.60,
+    ("compiled", "dhc x4"): 1.25,
+    ("compiled", "dfc x4"): 1.05,
+}
+# Our variant -> the peer variant it is compared with.
+PEER_OF = {"dhc x4": "peer hc x4", "dfc x4": "peer frac x4", "mhc x4": "peer mhc x4"}
+
+
+def mlp_branch(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+    )
+
+
+class OursStack(nn.Module):
+    """expand -> L x connection(branch) -> reduce -> final norm."""
+
+    def __init__(self, branches: nn.ModuleList, kind: str, dim: int, **options) -> None:
+        super().__init__()
+        self.branches = branches
+        self.conns = nn.ModuleList(
+            build(kind, dim, layer_idx=i, **options) for i in range(len(branches))
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conns[0].expand(x)
+        for conn, branch in zip(self.conns, self.branches):
+            h = conn(h, branch)
+        return self.norm(self.conns[0].reduce(h))
+
+
+class PeerStack(nn.Module):
+    """The same stack built with the peer library's factory functions."""
+
+    def __init__(self, branches: nn.ModuleList, factory: Callable, dim: int, **kw) -> None:
+        super().__init__()
+        init, self._expand, self._reduce = factory(dim=dim, **kw)
+        self.layers = nn.ModuleList(
+            init(dim=dim, branch=b, layer_index=i) for i, b in enumerate(branches)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self._expand(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.norm(self._reduce(h))
+
+
+def _peer_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
+    try:
+        import hyper_connections as peer
+        from hyper_connections import mHCv2
+    except ImportError:
+        return {}
+    f = peer.get_init_and_expand_reduce_stream_functions
+    return {
+        "peer residual": lambda b, d: PeerStack(b, f, d, num_streams=1, disable=True),
+        "peer hc x4": lambda b, d: PeerStack(b, f, d, num_streams=4),
+        "peer frac x4": lambda b, d: PeerStack(b, f, d, num_streams=1, num_fracs=4),
+        "peer mhc x4": lambda b, d: PeerStack(
+            b, mHCv2.get_init_and_expand_reduce_stream_functions, d, num_streams=4
+        ),
+    }
+
+
+def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
+    return {
+        "residual": lambda b, d: OursStack(b, "residual", d),
+        "hc x4": lambda b, d: OursStack(b, "hc", d, n_streams=4),
+        "dhc x4": lambda b, d: OursStack(b, "dhc", d, n_streams=4),
+        "fc x4": lambda b, d: OursStack(b, "fc", d, n_fracs=4),
+        "dfc x4": lambda b, d: OursStack(b, "dfc", d, n_fracs=4),
+        "mhc x4": lambda b, d: OursStack(b, "mhc", d, n_streams=4),
+    }
+
+
+def saved_activation_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes of distinct non-parameter storages saved for backward by one forward pass."""
+    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    skip.add(x.untyped_storage().data_ptr())
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).square().mean()
+    del loss
+    return sum(seen.values())
+
+
+@dataclass
+class Result:
+    name: str
+    mode: str
+    times_ms: list[float] = field(default_factory=list)
+    saved_mib: float = 0.0
+    extra_params: int = 0
+    compile_s: float = 0.0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+
+def _step(model: nn.Module, x: Tensor) -> None:
+    loss = model(x).square().mean()
+    loss.backward()
+    for p in model.parameters():
+        p.grad = None
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dim, hidden = args.dim, 4 * args.dim
+    base = nn.ModuleList(mlp_branch(dim, hidden) for _ in range(args.layers))
+    n_branch_params = sum(p.numel() for p in base.parameters()) + 2 * dim
+    variants = our_variants()
+    if not args.no_peer:
+        variants.update(_peer_variants())
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in wanted if v not in variants]
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(variants)}")
+        variants = {k: variants[k] for k in ["residual"] + wanted if k in variants}
+    x = torch.randn(args.batch, args.seq, dim)
+    report: dict = {
+        "config": {k: v for k, v in vars(args).items() if not callable(v)} | {"torch": torch.__version__, "machine": platform.machine(),
+                                "processor": platform.processor() or platform.machine()},
+        "results": [],
+    }
+    for mode in args.modes.split(","):
+        if mode not in ("eager", "compiled"):
+            raise SystemExit(f"unknown mode {mode!r}; use eager and/or compiled")
+        models: dict[str, nn.Module] = {}
+        results: dict[str, Result] = {}
+        for name, make in variants.items():
+            model = make(copy.deepcopy(base), dim)
+            r = Result(name, mode)
+            r.extra_params = sum(p.numel() for p in model.parameters()) - n_branch_params
+            r.saved_mib = saved_activation_bytes(model, x) / 2**20
+            if mode == "compiled":
+                model = torch.compile(model)
+                t0 = time.perf_counter()
+                _step(model, x)
+                r.compile_s = time.perf_counter() - t0
+                print(f"  compiled {name:<14} in {r.compile_s:.1f}s", flush=True)
+            models[name], results[name] = model, r
+        for i in range(args.warmup + args.rounds):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                _step(model, x)
+                if i >= args.warmup:
+                    results[name].times_ms.append((time.perf_counter() - t0) * 1e3)
+            print(f"  [{mode}] round {i + 1}/{args.warmup + args.rounds}", end="\r", flush=True)
+        print()
+        report["results"] += _summarise(results, mode)
+    _print_table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report
+
+
+def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
+    ref = results["residual"]
+    rows = []
+    for name, r in results.items():
+        ratio = r.median_ms / ref.median_ms
+        row = {
+            "variant": name,
+            "mode": mode,
+            "median_ms": round(r.median_ms, 2),
+            "ratio": round(ratio, 3),
+            "saved_mib": round(r.saved_mib, 1),
+            "saved_ratio": round(r.saved_mib / ref.saved_mib, 3),
+            "extra_params": r.extra_params,
+            "compile_s": round(r.compile_s, 1),
+            "times_ms": [round(t, 2) for t in r.times_ms],
+        }
+        target = TARGETS.get((mode, name))
+        if target is not None:
+            row["target"] = target
+            row["meets_target"] = ratio <= target
+        peer = PEER_OF.get(name)
+        if peer in results:
+            peer_ratio = results[peer].median_ms / ref.median_ms
+            row["peer_ratio"] = round(peer_ratio, 3)
+            row["overhead_vs_peer"] = round((ratio - 1) / max(peer_ratio - 1, 1e-9), 3)
+            row["half_peer_overhead"] = (ratio - 1) <= 0.5 * (peer_ratio - 1)
+        rows.append(row)
+    return rows
+
+
+def _print_table(report: dict) -> None:
+    head = (
+        f"{'mode':<9}{'variant':<15}{'median ms':>10}{'ratio':>8}{'target':>8}"
+        f"{'peer':>7}{'ovh/peer':>9}{'saved MiB':>10}{'x res':>7}{'+params':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in report["results"]:
+        print(
+            f"{r['mode']:<9}{r['variant']:<15}{r['median_ms']:>10.1f}{r['ratio']:>8.2f}"
+            f"{r.get('target', ''):>8}{r.get('peer_ratio', ''):>7}"
+            f"{r.get('overhead_vs_peer', ''):>9}{r['saved_mib']:>10.1f}"
+            f"{r['saved_ratio']:>7.2f}{r['extra_params']:>9}"
+        )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--modes", default="eager,compiled", help="comma list of eager,compiled")
+    p.add_argument("--variants", default="", help="comma list (default: all)")
+    p.add_argument("--no-peer", action="store_true", help="skip the hyper-connections package")
+    p.add_argument("--out", default="bench_results/connections.json")

@@ -1,0 +1,39 @@
+"""hyperfrac.connections: Hyper-Connections, Frac-Connections and mHC (torch only).
+
+    from hyperfrac.connections import build
+    conn = build("dhc", dim=256, layer_idx=0, n_streams=4)
+    h = conn.expand(x)                 # (B, T, D) -> (B, T, 4, D)
+    h = conn(h, branch)                # branch: (..., D) -> (..., D)
+    y = conn.reduce(h)                 # (B, T, D)
+"""
+
+from hyperfrac.connections.analysis import (
+    amax_gain,
+    overhead,
+    param_groups,
+    unfolded_connection_matrix,
+)
+from hyperfrac.connections.base import Connection, StreamConnection
+from hyperfrac.connections.frac import FracConnection
+from hyperfrac.connections.hyper import HyperConnection
+from hyperfrac.connections.mhc import ManifoldHyperConnection
+from hyperfrac.connections.registry import KINDS, build, options_for, register
+from hyperfrac.connections.residual import PostNorm, Residual
+
+__all__ = [
+    "KINDS",
+    "Connection",
+    "FracConnection",
+    "HyperConnection",
+    "ManifoldHyperConnection",
+    "PostNorm",
+    "Residual",
+    "StreamConnection",
+    "amax_gain",
+    "build",
+    "options_for",
+    "overhead",
+    "param_groups",
+    "register",
+    "unfolded_connection_matrix",
+]

@@ -1,0 +1,186 @@
+"""The interface every connection kind implements, and the shared stream machinery.
+
+A connection replaces ``h + f(norm(h))``. Every kind offers the same five operations, so a
+model built with one kind differs from its baseline by one config key:
+
+* ``expand(x)``: model width -> stream state (HC copies n times, FC splits into m fractions,
+  residual is the identity);
+* ``width_connection(h) -> (branch_input, state)`` and
+  ``depth_connection(branch_output, state) -> h``: the two halves around the branch;
+* ``forward(h, branch, *args, **kwargs)``: both halves with the branch in between;
+* ``reduce(h)``: stream state -> model width (HC sums streams, FC joins fractions).
+
+Layouts (D = model width, n streams, m fractions):
+  sequence, channel-last:  x (..., D)          HC/mHC h (..., n, D)      FC h (..., m, D/m)
+  channel-first maps:      x (B, C, *spatial)  HC/mHC h (B, n, C, *sp.)  FC h (B, m, C/m, *sp.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hyperfrac.connections import functional as HF
+
+
+class Connection(nn.Module):
+    """Abstract connection. Subclasses define the stream layout and the two halves."""
+
+    kind: str = "abstract"
+    #: False only for Post-Norm: a block must not put its own norm in front of the branch.
+    uses_prenorm: bool = True
+
+    def __init__(self, dim: int, *, layer_idx: int = 0, channel_first: bool = False) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if layer_idx < 0:
+            raise ValueError(f"layer_idx must be >= 0, got {layer_idx}")
+        self.dim = int(dim)
+        self.layer_idx = int(layer_idx)
+        self.channel_first = bool(channel_first)
+
+    # ----------------------------------------------------------------- interface
+    @property
+    def output_scale(self) -> float:
+        """Multiplier for the init std of a block's output projections (HC §4: sqrt(n))."""
+        return 1.0
+
+    def expand(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reduce(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def depth_connection(self, out: Tensor, state: Any) -> Tensor:
+        raise NotImplementedError
+
+    def connection_matrix(self, h: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, h: Tensor, branch: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        x, state = self.width_connection(h)
+        return self.depth_connection(branch(x, *args, **kwargs), state)
+
+    # --------------------------------------------------------- optimizer groups
+    def no_decay_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that must not be weight-decayed (HC §4, FC §4.3: static parts)."""
+        decay = {id(p) for p in self.decay_parameters()}
+        return (p for p in self.parameters() if id(p) not in decay)
+
+    def decay_parameters(self) -> Iterator[nn.Parameter]:
+        """Dynamic projections: decayed like any weight matrix."""
+        return iter(())
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, dim={self.dim}, layer_idx={self.layer_idx}"
+
+
+class StreamConnection(Connection):
+    """Shared machinery of HC, FC and mHC: a state of S slots of width Ds per token.
+
+    Subclasses set ``n_slots`` (S), ``slot_dim`` (Ds), ``n_inputs`` (R: 1 for HC/mHC, S for FC)
+    and implement :meth:`coefficients`, returning P (S, R), Q (S, S) and beta (S,) — or the
+    same with a leading token axis N for dynamic kinds. The forward pass is exactly
+
+        branch input  x  = P^T h              (HC Eq. 2,   FC Eq. 8,  mHC H_pre x)
+        new state     h' = Q^T h + beta * o   (HC Eq. 4-7, FC Eq. 7,  mHC H_res x + H_post^T o)
+
+    i.e. the paper matrix ``[[0, beta], [P, Q]]`` returned by :meth:`connection_matrix`.
+    """
+
+    n_slots: int
+    slot_dim: int
+    n_inputs: int
+
+    # ------------------------------------------------------------ coefficients
+    def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(P, Q, beta) for a flattened state hb (N, S, Ds); static ones when hb is None."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- layout
+    def _check_state(self, h: Tensor) -> None:
+        axes = (1, 2) if self.channel_first else (-2, -1)
+        ok = h.dim() >= (3 if self.channel_first else 2)
+        if ok:
+            ok = (h.shape[axes[0]], h.shape[axes[1]]) == (self.n_slots, self.slot_dim)
+        if not ok:
+            want = (
+                f"(B, {self.n_slots}, {self.slot_dim}, *spatial)"
+                if self.channel_first
+                else f"(..., {self.n_slots}, {self.slot_dim})"
+            )
+            raise ValueError(
+                f"{self.kind}: stream state has shape {tuple(h.shape)}, expected {want}; "
+                "did you call expand() on the input first?"
+            )
+
+    def _flatten(self, h: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """State -> (N, S, Ds) contiguous, plus the leading shape to restore."""
+        self._check_state(h)
+        if self.channel_first:
+            h = h.movedim(1, -1).movedim(1, -1)  # (B, n, C, *sp) -> (B, *sp, n, C)
+        lead = tuple(h.shape[:-2])
+        return h.reshape(-1, self.n_slots, self.slot_dim), lead  # (N, S, Ds)
+
+    def _unflatten(self, hb: Tensor, lead: tuple[int, ...]) -> Tensor:
+        h = hb.reshape(*lead, self.n_slots, self.slot_dim)  # (..., S, Ds)
+        if self.channel_first:
+            h = h.movedim(-2, 1).movedim(-1, 2)  # (B, *sp, n, C) -> (B, n, C, *sp)
+        return h
+
+    def _to_model(self, xb: Tensor, lead: tuple[int, ...]) -> Tensor:
+        """Branch input (N, R, Ds) -> (..., R*Ds) or channel-first (B, R*Ds, *sp)."""
+        x = xb.reshape(*lead, self.n_inputs * self.slot_dim)  # (..., D)
+        return x.movedim(-1, 1) if self.channel_first else x
+
+    def _from_model(self, out: Tensor, n_rows: int) -> Tensor:
+        """Branch output (..., D) or (B, D, *sp) -> (N, R, Ds)."""
+        if self.channel_first:
+            out = out.movedim(1, -1)
+        if out.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.kind}: branch returned width {out.shape[-1]}, expected dim={self.dim}"
+            )
+        return out.reshape(n_rows, -1, self.slot_dim)  # (N, R, Ds)
+
+    # --------------------------------------------------------------- the halves
+    def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
+        hb, lead = self._flatten(h)  # (N, S, Ds)
+        p, q, beta = self.coefficients(hb)
+        xb = HF.width_apply(hb, p)  # (N, R, Ds)
+        return self._to_model(xb, lead), (hb, q, beta, lead)
+
+    def depth_connection(self, out: Tensor, state: Any) -> Tensor:
+        hb, q, beta, lead = state
+        ob = self._from_model(out, hb.shape[0])  # (N, R, Ds)
+        return self._unflatten(HF.depth_apply(hb, q, beta, ob), lead)
+
+    # ------------------------------------------------------------- introspection
+    def connection_matrix(self, h: Tensor | None = None) -> Tensor:
+        """Paper-layout matrix ``[[0, beta], [P, Q]]`` of shape (S+1, R+S).
+
+        HC/mHC: (n+1, n+1) = [[0, B], [A_m, A_r]]; FC: (m+1, 2m) = [[0, B], [Y, A]].
+        For dynamic kinds pass a stream state ``h`` to get one matrix per token, shape
+        (*leading dims of h, S+1, R+S); without ``h`` the static part is returned.
+        """
+        if h is None:
+            p, q, beta = self.coefficients(None)
+            lead: tuple[int, ...] = ()
+            p, q, beta = p.unsqueeze(0), q.unsqueeze(0), beta.unsqueeze(0)
+        else:
+            hb, lead = self._flatten(h)
+            p, q, beta = self.coefficients(hb)
+            n = hb.shape[0]
+            p = p.expand(n, *p.shape[-2:])
+            q = q.expand(n, *q.shape[-2:])
+            beta = beta.expand(n, beta.shape[-1])
+        top = torch.cat([beta.new_zeros(beta.shape[0], 1, self.n_inputs), beta.unsqueeze(1)], -1)
+        m = torch.cat([top, torch.cat([p, q], dim=-1)], dim=-2)  # (N, S+1, R+S)
+        return m.reshape(*lead, *m.shape[-2:]) if lead else m[0]

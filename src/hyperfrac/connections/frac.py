@@ -1,0 +1,72 @@
+"""Frac-Connections (Zhu et al., arXiv 2503.14125): static (SFC) and dynamic (DFC).
+
+The hidden state h (D,) is split into m = 1/n fractions H (m, D/m) instead of being copied, so
+the state costs no extra activation memory. The matrix ``[[0, B], [Y, A]]`` of shape
+(m+1, 2m) (FC Eq. 6) acts as
+
+    layer input  = Reshape(Y^T H, (D,))                                      (FC Eq. 8)
+    H_new        = B^T * Reshape(T(input), (m, D/m)) + A^T H                  (FC Eq. 7)
+
+where B scales output fraction i into slot i (elementwise, FC Alg. 2). The dynamic part is
+computed per fraction from a d/m-wide norm (FC Eq. 9-14, App. A); init W = 0, B = 1, Y = A = I
+(FC Eq. 15), which is exactly Pre-Norm. With m = 1 it coincides with HC at n = 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hyperfrac.connections.hyper import DynamicMixing
+
+
+class FracConnection(DynamicMixing):
+    """FC with ``n_fracs`` fractions of the hidden state; ``dynamic`` selects DFC (default).
+
+    The default norm is an RMSNorm with a learnable d/m-wide weight, the form whose parameter
+    count FC §4.4 reports (|theta_norm| = d/m).
+    """
+
+    kind = "dfc"
+
+    def __init__(self, dim: int, *, n_fracs: int = 4, layer_idx: int = 0, **options) -> None:
+        if not isinstance(n_fracs, int) or n_fracs < 1:
+            raise ValueError(f"n_fracs must be an integer >= 1, got {n_fracs!r}")
+        if dim % n_fracs != 0:
+            raise ValueError(
+                f"n_fracs={n_fracs} does not divide dim={dim}; choose n_fracs among the "
+                f"divisors of {dim}"
+            )
+        options.setdefault("norm_type", "rmsnorm")
+        options.setdefault("norm_affine", True)
+        super().__init__(
+            dim,
+            n_slots=n_fracs,
+            slot_dim=dim // n_fracs,
+            n_inputs=n_fracs,
+            layer_idx=layer_idx,
+            **options,
+        )
+        self.kind = "dfc" if self.dynamic else "fc"
+
+    @property
+    def n_fracs(self) -> int:
+        return self.n_slots
+
+    def _init_input(self) -> Tensor:
+        return torch.eye(self.n_slots)  # FC Eq. 15: Y = I
+
+    def expand(self, x: Tensor) -> Tensor:
+        """Split the hidden state into m fractions (FC Eq. 6)."""
+        m, ds = self.n_slots, self.slot_dim
+        if self.channel_first:
+            return x.unflatten(1, (m, ds))  # (B, C, *sp) -> (B, m, C/m, *sp)
+        return x.unflatten(-1, (m, ds))  # (..., D) -> (..., m, D/m)
+
+    def reduce(self, h: Tensor) -> Tensor:
+        """Join the fractions back into the hidden state (FC Alg. 1)."""
+        self._check_state(h)
+        return h.flatten(1, 2) if self.channel_first else h.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n_fracs={self.n_slots}, frozen={self.frozen}"

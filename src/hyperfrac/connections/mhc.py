@@ -1,0 +1,129 @@
+"""mHC: Manifold-Constrained Hyper-Connections (Xie et al., DeepSeek, arXiv 2512.24880).
+
+n streams as in HC, but the coefficients come from the whole flattened state and are
+projected onto constraint sets (mHC Eq. 7-9):
+
+    x' = RMSNorm(vec(x))                                   x: (n, C), vec(x): (n*C,)
+    H_pre  = sigmoid(alpha_pre  * x' phi_pre  + b_pre)                (1, n)
+    H_post = 2 * sigmoid(alpha_post * x' phi_post + b_post)           (1, n)
+    H_res  = SinkhornKnopp(alpha_res * mat(x' phi_res) + b_res)       (n, n), doubly stochastic
+    x_new  = H_res x + H_post^T F(H_pre x)                            (mHC Eq. 3)
+
+Transpose convention: mHC applies H_res without a transpose, HC applies A_r^T. In the HC
+layout used by :meth:`connection_matrix` this module therefore reports A_m = H_pre^T,
+B = H_post and **A_r = H_res^T**. Sinkhorn ends with a row normalisation, so the rows of
+H_res (the forward direction: each new stream is a convex combination of the old streams)
+sum to 1 exactly; the columns (backward gain) are approximate, as in the paper.
+
+Initialisation (the paper publishes only alpha = 0.01; see docs/connections.md): phi = 0 so
+the coefficients start static; b_post = 0 so H_post = 1 (HC's B = 1); b_pre puts weight
+``pre_init`` on stream (layer_idx mod n) and (1 - pre_init)/(n-1) on each other stream, so
+H_pre sums to 1 (HC's one-hot A_m, softened); b_res = c * I with c chosen so that
+H_res = Sinkhorn(exp(b_res)) has diagonal ``res_init_diag``. At init every stream holds the
+same vector, H_pre sums to 1 and every doubly stochastic H_res maps identical streams to
+themselves, so the network computes exactly the Pre-Norm function (for n >= 2; with n = 1 the
+branch input is scaled by ``pre_init``, which a branch that starts with a norm ignores).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from hyperfrac.connections import functional as HF
+from hyperfrac.connections.base import StreamConnection
+from hyperfrac.connections.hyper import HyperConnection, _identity
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+class ManifoldHyperConnection(StreamConnection):
+    """mHC with ``n_streams`` streams. Parameters: phi (n*C, n^2+2n), b_pre, b_post, b_res,
+    alpha_pre, alpha_post, alpha_res (names from mHC Eq. 7)."""
+
+    kind = "mhc"
+    expand = HyperConnection.expand
+    reduce = HyperConnection.reduce
+    output_scale = HyperConnection.output_scale
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_streams: int = 4,
+        layer_idx: int = 0,
+        dynamic: bool = True,
+        norm: bool = True,
+        tanh: bool = False,
+        sinkhorn_iters: int = 20,
+        scale_init: float = 0.01,
+        pre_init: float = 0.9,
+        res_init_diag: float = 0.9,
+        channel_first: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
+        if not isinstance(n_streams, int) or n_streams < 1:
+            raise ValueError(f"n_streams must be an integer >= 1, got {n_streams!r}")
+        if not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
+            raise ValueError(f"sinkhorn_iters must be an integer >= 1, got {sinkhorn_iters!r}")
+        if not 0.0 < pre_init < 1.0 or not 0.0 < res_init_diag < 1.0:
+            raise ValueError("pre_init and res_init_diag must lie strictly between 0 and 1")
+        n = n_streams
+        self.n_slots, self.slot_dim, self.n_inputs = n, dim, 1
+        self.dynamic = bool(dynamic)
+        self.sinkhorn_iters = sinkhorn_iters
+        self.eps = float(eps)
+
+        k = layer_idx % n
+        if n == 1:
+            b_pre = torch.full((1,), _logit(pre_init))
+        else:
+            b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)))
+            b_pre[k] = _logit(pre_init)
+        # Sinkhorn(exp(c I)) has diagonal e^c / (e^c + n - 1): solve for the target diagonal.
+        c = math.log(res_init_diag * (n - 1) / (1.0 - res_init_diag)) if n > 1 else 0.0
+        self.b_pre = nn.Parameter(b_pre)
+        self.b_post = nn.Parameter(torch.zeros(n))
+        self.b_res = nn.Parameter(c * torch.eye(n))
+        if self.dynamic:
+            self.phi = nn.Parameter(torch.zeros(n * dim, n * n + 2 * n))
+            self.alpha_pre = nn.Parameter(torch.tensor(float(scale_init)))
+            self.alpha_post = nn.Parameter(torch.tensor(float(scale_init)))
+            self.alpha_res = nn.Parameter(torch.tensor(float(scale_init)))
+            self._norm_mode = "rmsnorm" if norm else "none"
+            self._act = torch.tanh if tanh else _identity
+
+    @property
+    def n_streams(self) -> int:
+        return self.n_slots
+
+    def _project(self, pre: Tensor, post: Tensor, res: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """mHC Eq. 8 -> HC layout (P = H_pre^T, Q = H_res^T, beta = H_post)."""
+        h_pre = torch.sigmoid(pre)
+        h_post = 2.0 * torch.sigmoid(post)
+        h_res = HF.sinkhorn(res, self.sinkhorn_iters)
+        return h_pre.unsqueeze(-1), h_res.transpose(-1, -2), h_post
+
+    def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        n = self.n_slots
+        if not self.dynamic or hb is None:
+            return self._project(self.b_pre, self.b_post, self.b_res)
+        flat = hb.reshape(hb.shape[0], 1, n * self.slot_dim)  # (N, 1, n*C)
+        logits = self._act(HF.norm_project(flat, self.phi, self._norm_mode, self.eps))[:, 0]
+        pre = self.alpha_pre * logits[:, :n] + self.b_pre  # (N, n)
+        post = self.alpha_post * logits[:, n : 2 * n] + self.b_post  # (N, n)
+        res = self.alpha_res * logits[:, 2 * n :].unflatten(-1, (n, n)) + self.b_res  # (N, n, n)
+        return self._project(pre, post, res)
+
+    def decay_parameters(self) -> Iterator[nn.Parameter]:
+        if self.dynamic:
+            yield self.phi
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n_streams={self.n_slots}, iters={self.sinkhorn_iters}"
