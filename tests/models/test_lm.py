@@ -12,8 +12,11 @@ from hyperfrac.models import LMConfig, TransformerLM, build_preset, count_params
 
 
 def _opts(kind: str) -> dict:
-    return {"kind": kind, **({"n_streams": 2} if kind in ("hc", "dhc", "mhc") else {}),
-            **({"n_fracs": 2} if kind in ("fc", "dfc") else {})}
+    return {
+        "kind": kind,
+        **({"n_streams": 2} if kind in ("hc", "dhc", "mhc") else {}),
+        **({"n_fracs": 2} if kind in ("fc", "dfc") else {}),
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -44,8 +47,9 @@ def test_postnorm_blocks_have_no_prenorm() -> None:
 def test_output_projection_init_scaled_by_connection() -> None:
     """HC §4: output projections' init std is multiplied by conn.output_scale (√n for HC)."""
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=64, dim=256, n_layers=1, n_heads=4,
-                   connection={"kind": "hc", "n_streams": 4})
+    cfg = LMConfig(
+        vocab_size=64, dim=256, n_layers=1, n_heads=4, connection={"kind": "hc", "n_streams": 4}
+    )
     model = TransformerLM(cfg)
     scale = model.blocks[0].attn_conn.output_scale
     assert scale == pytest.approx(2.0)

@@ -13,8 +13,15 @@ from hyperfrac.models import MoE, build_preset
 
 def _moe(capacity_factor: float | None, seed: int = 0) -> MoE:
     torch.manual_seed(seed)
-    moe = MoE(16, n_experts=4, top_k=2, hidden=8, capacity_factor=capacity_factor,
-              lb_loss_weight=0.5, z_loss_weight=0.25).double()
+    moe = MoE(
+        16,
+        n_experts=4,
+        top_k=2,
+        hidden=8,
+        capacity_factor=capacity_factor,
+        lb_loss_weight=0.5,
+        z_loss_weight=0.25,
+    ).double()
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return moe
@@ -72,7 +79,7 @@ def test_capacity_without_drops_equals_dropless_with_gradients() -> None:
     torch.testing.assert_close(oa, ob)
     (oa.square().sum() + aa["loss"]).backward()
     (ob.square().sum() + ab["loss"]).backward()
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert pa.grad is not None and pa.grad.abs().sum() > 0, name
         torch.testing.assert_close(pa.grad, pb.grad)
 

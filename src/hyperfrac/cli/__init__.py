@@ -14,6 +14,9 @@ import sys
 # subcommand name -> module under hyperfrac.cli
 SUBCOMMANDS: dict[str, str] = {
     "bench": "bench",
+    "data": "data",
+    "train": "train",
+    "eval": "eval",
 }
 
 
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    result = args.func(args)
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

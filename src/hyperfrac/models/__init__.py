@@ -16,6 +16,17 @@ from hyperfrac.models.presets import (
 from hyperfrac.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "LMConfig", "LMOutput", "MoEConfig", "TransformerLM", "count_params", "MoE", "ViT",
-    "ViTConfig", "LM_PRESETS", "VIT_PRESETS", "build_model", "build_preset", "preset_config",
+    "LMConfig",
+    "LMOutput",
+    "MoEConfig",
+    "TransformerLM",
+    "count_params",
+    "MoE",
+    "ViT",
+    "ViTConfig",
+    "LM_PRESETS",
+    "VIT_PRESETS",
+    "build_model",
+    "build_preset",
+    "preset_config",
 ]

@@ -152,22 +152,33 @@ class TransformerLM(nn.Module):
         blocks = []
         for i in range(cfg.n_layers):
             attn = Attention(
-                D, cfg.n_heads, cfg.n_kv_heads, qk_norm=cfg.qk_norm, norm=cfg.norm,
-                norm_eps=cfg.norm_eps, bias=cfg.bias,
+                D,
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                qk_norm=cfg.qk_norm,
+                norm=cfg.norm,
+                norm_eps=cfg.norm_eps,
+                bias=cfg.bias,
             )
             if cfg.moe is None:
                 ffn: nn.Module = SwiGLU(D, cfg.resolved_mlp_hidden(), bias=cfg.bias)
             else:
                 m = cfg.moe
                 ffn = MoE(
-                    D, m.n_experts, m.top_k, m.expert_hidden, capacity_factor=m.capacity_factor,
-                    lb_loss_weight=m.lb_loss_weight, z_loss_weight=m.z_loss_weight,
+                    D,
+                    m.n_experts,
+                    m.top_k,
+                    m.expert_hidden,
+                    capacity_factor=m.capacity_factor,
+                    lb_loss_weight=m.lb_loss_weight,
+                    z_loss_weight=m.z_loss_weight,
                     norm_topk_prob=m.norm_topk_prob,
                 )
             norm = dict(eps=cfg.norm_eps, affine=cfg.norm_affine)
             blocks.append(
                 Block(
-                    attn, ffn,
+                    attn,
+                    ffn,
                     attn_conn=build_connection(cfg.connection, D, 2 * i),
                     ffn_conn=build_connection(cfg.connection, D, 2 * i + 1),
                     attn_norm=build_norm(cfg.norm, D, **norm),

@@ -36,26 +36,55 @@ _OLMO_V = 50304
 LM_PRESETS: dict[str, LMConfig] = {
     "tiny": LMConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, max_seq_len=256),
     "tiny-moe": LMConfig(
-        vocab_size=512, dim=64, n_layers=2, n_heads=4, max_seq_len=256,
+        vocab_size=512,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=256,
         moe=MoEConfig(n_experts=4, top_k=2, expert_hidden=96),
     ),
     "cpu-6x256": LMConfig(vocab_size=8192, dim=256, n_layers=6, n_heads=4, max_seq_len=512),
     "cpu-12x192": LMConfig(vocab_size=8192, dim=192, n_layers=12, n_heads=3, max_seq_len=512),
     "cpu-moe-6x256": LMConfig(
-        vocab_size=8192, dim=256, n_layers=6, n_heads=4, max_seq_len=512,
+        vocab_size=8192,
+        dim=256,
+        n_layers=6,
+        n_heads=4,
+        max_seq_len=512,
         moe=MoEConfig(n_experts=8, top_k=2, expert_hidden=352),
     ),
     "olmo-1b": LMConfig(
-        vocab_size=_OLMO_V, dim=2048, n_layers=16, n_heads=16, mlp_hidden=8192,
-        max_seq_len=2048, norm="layernorm", norm_affine=False, tie_embeddings=True,
+        vocab_size=_OLMO_V,
+        dim=2048,
+        n_layers=16,
+        n_heads=16,
+        mlp_hidden=8192,
+        max_seq_len=2048,
+        norm="layernorm",
+        norm_affine=False,
+        tie_embeddings=True,
     ),
     "olmo-7b": LMConfig(
-        vocab_size=_OLMO_V, dim=4096, n_layers=32, n_heads=32, mlp_hidden=11008,
-        max_seq_len=2048, norm="layernorm", norm_affine=False, tie_embeddings=False,
+        vocab_size=_OLMO_V,
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        mlp_hidden=11008,
+        max_seq_len=2048,
+        norm="layernorm",
+        norm_affine=False,
+        tie_embeddings=False,
     ),
     "olmoe-1b-7b": LMConfig(
-        vocab_size=_OLMO_V, dim=2048, n_layers=16, n_heads=16, max_seq_len=4096,
-        norm="rmsnorm", norm_affine=True, qk_norm=True, tie_embeddings=False,
+        vocab_size=_OLMO_V,
+        dim=2048,
+        n_layers=16,
+        n_heads=16,
+        max_seq_len=4096,
+        norm="rmsnorm",
+        norm_affine=True,
+        qk_norm=True,
+        tie_embeddings=False,
         moe=MoEConfig(n_experts=64, top_k=8, expert_hidden=1024, capacity_factor=None),
     ),
 }
@@ -91,6 +120,8 @@ def build_model(cfg: LMConfig | ViTConfig, device: str | torch.device | None = N
         return ctor(cfg)
 
 
-def build_preset(name: str, device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
+def build_preset(
+    name: str, device: str | torch.device | None = None, **overrides: Any
+) -> nn.Module:
     """``build_model(preset_config(name, **overrides), device)``."""
     return build_model(preset_config(name, **overrides), device)

@@ -89,8 +89,14 @@ class ViT(nn.Module):
         norm = dict(eps=cfg.norm_eps, affine=cfg.norm_affine)
         self.blocks = nn.ModuleList(
             Block(
-                Attention(D, cfg.n_heads, qk_norm=cfg.qk_norm, norm=cfg.norm,
-                          norm_eps=cfg.norm_eps, causal=False),
+                Attention(
+                    D,
+                    cfg.n_heads,
+                    qk_norm=cfg.qk_norm,
+                    norm=cfg.norm,
+                    norm_eps=cfg.norm_eps,
+                    causal=False,
+                ),
                 SwiGLU(D, hidden),
                 attn_conn=build_connection(cfg.connection, D, 2 * i),
                 ffn_conn=build_connection(cfg.connection, D, 2 * i + 1),

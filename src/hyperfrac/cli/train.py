@@ -1,0 +1,34 @@
+"""``hyperfrac train CONFIG.yaml [key.sub=value ...] [--dry-run]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a language model from a YAML config",
+        description="Train from CONFIG (YAML; see configs/) with dotted overrides, e.g. "
+        "`hyperfrac train configs/cpu-6x256.yaml model.connection.kind=dhc optim.lr=2e-3`. "
+        "Values are parsed as YAML. resume=auto continues the run folder's latest checkpoint.",
+    )
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hyperfrac.train.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        return 0
+    from hyperfrac.train.trainer import Trainer
+
+    summary = Trainer(cfg).fit()
+    print(json.dumps(summary))
+    return 0

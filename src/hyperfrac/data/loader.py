@@ -1,0 +1,121 @@
+"""Stateful, rank-sharded batches from a memmapped token stream.
+
+The stream of N tokens is viewed as W = (N - 1) // T windows of T + 1 tokens (window w covers
+tokens [w*T, w*T + T]; inputs are the first T, targets the last T). Each epoch visits the
+windows in a fresh permutation drawn from ``seed`` and the epoch number; one optimizer
+micro-step consumes ``B * world_size`` consecutive permutation entries and rank r takes entries
+[r*B, (r+1)*B). A tail shorter than a global batch is skipped. The loader's whole state is
+``(epoch, pos)``: saving it in a checkpoint and loading it back resumes the exact sequence of
+batches.
+
+Axis legend: B batch (per rank), T sequence length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class TokenLoader:
+    """Infinite, shuffled, rank-sharded (B, T) batches with exact resume via ``state_dict``."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.n_windows = (len(tokens) - 1) // seq_len
+        if self.n_windows < batch_size * world_size:
+            raise ValueError(
+                f"{len(tokens):,} tokens make {self.n_windows} windows of seq_len={seq_len}, "
+                f"fewer than one global batch ({batch_size} x {world_size} ranks); "
+                "use a smaller batch_size or seq_len, or more data"
+            )
+        self.epoch, self.pos = 0, 0
+        self._perm: Tensor | None = None
+
+    def _permutation(self) -> Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.n_windows, generator=g)
+        return self._perm
+
+    def windows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        T = self.seq_len
+        rows = np.stack([np.asarray(self.tokens[int(w) * T : int(w) * T + T + 1]) for w in idx])
+        batch = torch.from_numpy(rows.astype(np.int64))  # (B, T + 1)
+        return batch[:, :-1], batch[:, 1:]
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """The next (inputs, targets) pair, each (B, T) int64."""
+        global_b = self.batch_size * self.world_size
+        if self.pos + global_b > self.n_windows:
+            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        start = self.pos + self.rank * self.batch_size
+        idx = self._permutation()[start : start + self.batch_size]
+        self.pos += global_b
+        return self.windows(idx)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_batch": self.batch_size * self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "seq_len", "global_batch"):
+            if state[key] != mine[key]:
+                raise ValueError(
+                    f"loader state has {key}={state[key]} but this run uses {mine[key]}; "
+                    "exact resume needs the same data settings"
+                )
+        self.epoch, self.pos, self._perm = int(state["epoch"]), int(state["pos"]), None
+
+
+def eval_batches(
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive non-overlapping windows in order (every token predicted once except the
+    first of each window), sharded by rank; at most ``max_batches`` batches per rank."""
+    n = (len(tokens) - 1) // seq_len
+    if n == 0:
+        raise ValueError(
+            f"the split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+        )
+    mine = torch.arange(rank, n, world_size)
+    for i, start in enumerate(range(0, len(mine), batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        idx = mine[start : start + batch_size]
+        rows = np.stack(
+            [np.asarray(tokens[int(w) * seq_len : int(w) * seq_len + seq_len + 1]) for w in idx]
+        )
+        batch = torch.from_numpy(rows.astype(np.int64))  # (b, T + 1)
+        yield batch[:, :-1], batch[:, 1:]

@@ -1,0 +1,140 @@
+"""Atomic checkpoints with keep-last-k and latest-complete discovery.
+
+Layout of a run folder::
+
+    RUN/checkpoints/step_00000500/
+        model.pt          model state dict (torch.save)
+        optim.pt          optimizer + LR scheduler state
+        train_state.pt    step, tokens, data-loader position, RNG states, monitor state
+        config.yaml       the resolved run config
+        model.safetensors portable weights (tied tensors stored once)
+        COMPLETE          written last: only folders holding it count as checkpoints
+
+A checkpoint is written into ``.tmp-step_XXXXXXXX`` (every file flushed and fsync'ed), the
+``COMPLETE`` marker is written, and only then is the folder renamed to its final name. A crash
+at any point leaves the previous checkpoint as the latest complete one; leftover temporary
+folders are removed by the next save. (Atomic rename as in OLMo-core's ``checkpoint.py``;
+marker-last validity as in torchtitan and Megatron.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+MARKER = "COMPLETE"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = complete_checkpoints(ckpt_dir)
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optim_state: dict[str, Any],
+    train_state: dict[str, Any],
+    config_yaml: str,
+    safetensors: bool = True,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically, then delete all but the last ``keep``."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".tmp-step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = ckpt_dir / f"step_{step:08d}"
+    tmp = ckpt_dir / f".tmp-{final.name}"
+    tmp.mkdir()
+    files = {
+        "model.pt": lambda p: torch.save(model.state_dict(), p),
+        "optim.pt": lambda p: torch.save(optim_state, p),
+        "train_state.pt": lambda p: torch.save(train_state, p),
+        "config.yaml": lambda p: p.write_text(config_yaml),
+    }
+    if safetensors:
+        files["model.safetensors"] = lambda p: export_safetensors(model, p, config_yaml)
+    for name, write in files.items():
+        write(tmp / name)
+        _fsync_file(tmp / name)
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": sorted(files)}) + "\n")
+    _fsync_file(tmp / MARKER)
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. resumed and stopped again)
+        old = ckpt_dir / f".tmp-old-{final.name}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(ckpt_dir)
+    for old in complete_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a complete checkpoint folder (CPU tensors)."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    load = lambda name: torch.load(path / name, map_location="cpu", weights_only=False)  # noqa: E731
+    return {
+        "model": load("model.pt"),
+        "optim": load("optim.pt"),
+        "train_state": load("train_state.pt"),
+        "config_yaml": (path / "config.yaml").read_text(),
+    }
+
+
+def export_safetensors(model: nn.Module, path: Path, config_yaml: str = "") -> None:
+    """Model weights as safetensors; tied tensors are stored once (``save_model``)."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(path), metadata={"format": "pt", "hyperfrac_config": config_yaml})
+
+
+def load_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path))

