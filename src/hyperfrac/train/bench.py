@@ -1,0 +1,283 @@
+"""``hyperfrac bench train``: training-step throughput and memory per connection kind.
+
+For each connection (default: residual, DHC×4, DFC×4, mHC×4) on one model preset (default
+``cpu-6x256``), a full training step (forward, backward, clip, AdamW) on random tokens is
+timed. Kinds are measured in *interleaved rounds* (round r times every kind once, so slow
+drifts of the machine hit all kinds alike) and the median over rounds is reported, as tokens/s
+and as a ratio to residual.
+
+Memory, per kind:
+
+* ``saved_mb``: bytes of the tensors autograd saves for backward during one forward (counted
+  with ``torch.autograd.graph.saved_tensors_hooks``, each storage once): the activation memory,
+  device independent;
+* ``peak_mb``: on CUDA the peak allocated memory of a step (``max_memory_allocated``); on CPU
+  the peak resident set size of a fresh subprocess that builds the model and runs two steps
+  (includes the ~0.3-0.5 GB of the Python + torch runtime, identical for every kind).
+
+Writes JSON (``--out``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
+
+
+def parse_kind(spec: str) -> dict[str, Any]:
+    """``dhc:4`` -> {kind: dhc, n_streams: 4}; ``dfc:4`` -> {kind: dfc, n_fracs: 4}."""
+    kind, _, n = spec.partition(":")
+    conn: dict[str, Any] = {"kind": kind}
+    if n:
+        conn["n_fracs" if kind in ("fc", "dfc") else "n_streams"] = int(n)
+    return conn
+
+
+def label(conn: dict[str, Any]) -> str:
+    n = conn.get("n_streams", conn.get("n_fracs"))
+    return (
+        conn["kind"].upper() + (f"×{n}" if n else "") if conn["kind"] != "residual" else "residual"
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu-6x256", help="model preset (default cpu-6x256)")
+    p.add_argument(
+        "--kinds",
+        default=DEFAULT_KINDS,
+        help=f"comma-separated kind[:n] list (default {DEFAULT_KINDS})",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per kind per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per kind first")
+    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--out", type=Path, default=Path("bench_results/train.json"))
+
+
+class _Arm:
+    """One connection kind: model, optimizer and a compiled-or-eager step function."""
+
+    def __init__(self, conn: dict[str, Any], args: argparse.Namespace, device: torch.device):
+        from hyperfrac.models import build_preset, count_params
+        from hyperfrac.train.config import OptimConfig
+        from hyperfrac.train.optim import build_optimizer
+
+        torch.manual_seed(0)
+        self.conn, self.args, self.device = conn, args, device
+        self.model = build_preset(args.preset, connection=conn).to(device)
+        self.params = count_params(self.model)
+        self.fwd = torch.compile(self.model) if args.compile else self.model
+        self.opt = build_optimizer(self.model, OptimConfig(lr=1e-4))
+        g = torch.Generator().manual_seed(1)
+        V = self.model.cfg.vocab_size
+        self.x = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
+        self.y = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
+        self.rates: list[float] = []
+
+    def step(self) -> None:
+        ctx = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.args.precision == "bf16"
+            else torch.autocast(self.device.type, enabled=False)
+        )
+        self.opt.zero_grad(set_to_none=True)
+        with ctx:
+            out = self.fwd(self.x, self.y)
+        (out.loss + out.aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def saved_bytes(self) -> int:
+        """Bytes saved for backward by one forward (each storage counted once)."""
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            try:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            except (RuntimeError, NotImplementedError):
+                pass
+            return t
+
+        ctx = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.args.precision == "bf16"
+            else torch.autocast(self.device.type, enabled=False)
+        )
+        params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+            out = self.model(self.x, self.y)  # eager: compiled graphs save differently
+        del out
+        return sum(v for k, v in seen.items() if k not in params)
+
+
+def _cpu_peak_rss_mb(conn: dict[str, Any], args: argparse.Namespace) -> float:
+    spec = json.dumps(
+        {
+            "conn": conn,
+            "args": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k != "func"
+            },
+        }
+    )
+    code = "from hyperfrac.train.bench import _probe_main; _probe_main()"
+    res = subprocess.run(
+        [sys.executable, "-c", code, spec], capture_output=True, text=True, check=True
+    )
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def _probe_main() -> None:
+    """Subprocess entry: build one arm, run two steps, print peak RSS in MB."""
+    spec = json.loads(sys.argv[1])
+    args = argparse.Namespace(**spec["args"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arm = _Arm(spec["conn"], args, torch.device("cpu"))
+    for _ in range(2):
+        arm.step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+
+
+def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by ``args`` (see :func:`add_arguments`); returns the JSON."""
+    from hyperfrac.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads and device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    conns = [parse_kind(s) for s in args.kinds.split(",") if s]
+    arms = [_Arm(c, args, device) for c in conns]
+    tokens = args.batch_size * args.seq_len
+    print(
+        f"[bench train] {args.preset}, batch {args.batch_size}x{args.seq_len}, "
+        f"{args.precision}{' compiled' if args.compile else ''}, {device}, "
+        f"{torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps",
+        file=sys.stderr,
+    )
+    for arm in arms:
+        for _ in range(args.warmup):
+            arm.step()
+        arm.sync()
+    for r in range(args.rounds):
+        for arm in arms:
+            arm.sync()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                arm.step()
+            arm.sync()
+            arm.rates.append(args.steps * tokens / (time.perf_counter() - t0))
+        print(
+            f"[bench train] round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{label(a.conn)} {a.rates[-1]:.0f}" for a in arms)
+            + " tok/s",
+            file=sys.stderr,
+        )
+    rows = []
+    for arm in arms:
+        row: dict[str, Any] = {
+            "kind": label(arm.conn),
+            "connection": arm.conn,
+            "params": arm.params,
+            "tok_per_s": statistics.median(arm.rates),
+            "tok_per_s_rounds": arm.rates,
+        }
+        if not args.no_memory:
+            row["saved_mb"] = arm.saved_bytes() / 2**20
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                arm.step()
+                arm.sync()
+                row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                row["peak_mb"] = _cpu_peak_rss_mb(arm.conn, args)
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["speed_ratio"] = row["tok_per_s"] / base["tok_per_s"]
+        for key in ("saved_mb", "peak_mb"):
+            if key in row:
+                row[key.replace("_mb", "_ratio")] = row[key] / base[key]
+    result = {
+        "benchmark": "train",
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "precision": args.precision,
+        "compile": bool(args.compile),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "peak_mb_meaning": (
+            "cuda max_memory_allocated"
+            if device.type == "cuda"
+            else "peak RSS of a fresh subprocess (includes the runtime)"
+        ),
+        "rows": rows,
+    }
+    _print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+run = run_train_bench
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    mem = "saved_mb" in result["rows"][0]
+    head = f"{'connection':<10} {'params':>10} {'tok/s':>9} {'× res':>6}"
+    if mem:
+        head += f" {'saved MB':>9} {'× res':>6} {'peak MB':>8} {'× res':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"]:
+        line = (
+            f"{r['kind']:<10} {r['params'] / 1e6:>9.2f}M {r['tok_per_s']:>9.0f} "
+            f"{r['speed_ratio']:>6.2f}"
+        )
+        if mem:
+            line += (
+                f" {r['saved_mb']:>9.1f} {r['saved_ratio']:>6.2f} {r['peak_mb']:>8.0f} "
+                f"{r['peak_ratio']:>6.2f}"
+            )
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hyperfrac.train.bench", description=__doc__)
+    add_arguments(p)
+    run_train_bench(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
