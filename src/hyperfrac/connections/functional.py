@@ -86,7 +86,7 @@ class _NormProject(torch.autograd.Function):
             return grad_h, grad_w, None, None
         h, weight, rstd, logits, mu = ctx.saved_tensors
         h32 = _f32(h)
-        g = g.to(h32.dtype)
+        g = g.to(h32.dtype).contiguous()
         w = weight.to(h32.dtype)
         ds = h.shape[-1]
         grs = g * rstd.unsqueeze(-1)  # (N, S, K)  dL/d(h_hat @ W)
@@ -124,15 +124,45 @@ def norm_project(h: Tensor, weight: Tensor, norm: str = "layernorm", eps: float 
     return _NormProject.apply(h, weight, norm, eps)
 
 
+class _WidthApply(torch.autograd.Function):
+    """Width connection x = P^T h with a backward that avoids CPU bmm's slow layouts.
+
+    h: (N, S, Ds), P: (N, S, R) -> x: (N, R, Ds). Saves h and P.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, p: Tensor) -> Tensor:
+        h32 = _f32(h)
+        x = torch.bmm(p.to(h32.dtype).transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds)
+        ctx.save_for_backward(h, p)
+        return x.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, gx: Tensor):
+        h, p = ctx.saved_tensors
+        h32 = _f32(h)
+        gx = gx.to(h32.dtype).contiguous()  # (N, R, Ds); autograd may hand us stride-0 views
+        p32 = p.to(h32.dtype)
+        grad_h = grad_p = None
+        if ctx.needs_input_grad[0]:
+            if p.shape[-1] == 1:  # HC/mHC: an outer product, cheaper as a broadcast multiply
+                grad_h = p32 * gx  # (N, S, 1) * (N, 1, Ds) -> (N, S, Ds)
+            else:
+                grad_h = torch.bmm(p32, gx)  # (N, S, R) @ (N, R, Ds)
+            grad_h = grad_h.to(h.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_p = torch.bmm(h32, gx.transpose(1, 2)).to(p.dtype)  # (N, S, Ds) @ (N, Ds, R)
+        return grad_h, grad_p
+
+
 def width_apply(h: Tensor, p: Tensor) -> Tensor:
     """Width connection ``x = P^T h`` (HC Eq. 2, FC Eq. 8). h: (N, S, Ds); P: (N, S, R) or (S, R).
 
     Returns (N, R, Ds) in the dtype of ``h``; accumulation in float32.
     """
-    h32 = _f32(h)
-    pt = p.to(h32.dtype).transpose(-1, -2)  # (N, R, S)
-    x = pt @ h32 if pt.dim() == 2 else torch.bmm(pt, h32)  # (N, R, Ds)
-    return x.to(h.dtype)
+    if p.dim() == 2:  # static: a real (not stride-0) batch keeps bmm on its fast path
+        p = p.expand(h.shape[0], *p.shape).contiguous()
+    return _WidthApply.apply(h, p)
 
 
 class _DepthApply(torch.autograd.Function):
@@ -157,7 +187,7 @@ class _DepthApply(torch.autograd.Function):
         h, q, beta, o = ctx.saved_tensors
         h32 = _f32(h)
         cdt = h32.dtype
-        g = g.to(cdt)
+        g = g.to(cdt).contiguous()  # autograd may hand us a stride-0 view (e.g. from reduce)
         q32, b32, o32 = q.to(cdt), beta.to(cdt), _f32(o).to(cdt)
         grad_h = grad_q = grad_b = grad_o = None
         if ctx.needs_input_grad[0]:
@@ -183,10 +213,10 @@ class _DepthApply(torch.autograd.Function):
 def depth_apply(h: Tensor, q: Tensor, beta: Tensor, o: Tensor) -> Tensor:
     """``Q^T h + beta * o``; see :class:`_DepthApply` for shapes."""
     n = h.shape[0]
-    if q.dim() == 2:
-        q = q.expand(n, *q.shape)
+    if q.dim() == 2:  # static coefficients: materialise the (small) batch, see width_apply
+        q = q.expand(n, *q.shape).contiguous()
     if beta.dim() == 1:
-        beta = beta.expand(n, beta.shape[0])
+        beta = beta.expand(n, beta.shape[0]).contiguous()
     return _DepthApply.apply(h, q, beta, o)
 
 

@@ -158,9 +158,10 @@ class HyperConnection(DynamicMixing):
     def expand(self, x: Tensor) -> Tensor:
         """Copy the hidden state into n identical streams (HC §2.1)."""
         n = self.n_slots
+        # materialised (not a stride-0 view): the kernels' bmm falls off its fast path otherwise
         if self.channel_first:
-            return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:])  # (B, n, C, *sp)
-        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])  # (..., n, D)
+            return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:]).contiguous()  # (B,n,C,*sp)
+        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()  # (..., n, D)
 
     def reduce(self, h: Tensor) -> Tensor:
         """Sum the streams (HC Alg. 1)."""

@@ -1,0 +1,43 @@
+"""Small stacks and parameter perturbation shared by the connection tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hyperfrac.connections import build
+
+
+def mlp_branches(n_layers: int, dim: int, seed: int = 0, dtype=torch.float64) -> nn.ModuleList:
+    """Pre-Norm branches: LayerNorm -> Linear -> GELU -> Linear (random weights)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = nn.ModuleList()
+    for _ in range(n_layers):
+        b = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(),
+                          nn.Linear(2 * dim, dim))
+        for p in b.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        layers.append(b.to(dtype))
+    return layers
+
+
+def build_stack(kind: str, dim: int, n_layers: int, dtype=torch.float64, **options):
+    return nn.ModuleList(
+        build(kind, dim, layer_idx=i, **options).to(dtype) for i in range(n_layers)
+    )
+
+
+def run_stack(conns, branches, x):
+    h = conns[0].expand(x)
+    for c, b in zip(conns, branches):
+        h = c(h, b)
+    return conns[0].reduce(h)
+
+
+def perturb(module: nn.Module, scale: float = 0.5, seed: int = 1) -> None:
+    """Move every parameter away from its init (so equations are tested off the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)

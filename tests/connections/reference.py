@@ -1,0 +1,80 @@
+"""Float64 transcriptions of the papers' equations, independent of the library's kernels.
+
+Each function takes one layer's parameters as plain tensors and a branch, and applies the
+equation literally (explicit norms, einsums over named axes), so the tests compare the fused
+kernels against the maths rather than against themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def layernorm(x, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps)
+
+
+def rmsnorm(x, eps):
+    return x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps)
+
+
+def _norm(x, kind, eps, weight=None):
+    y = {"layernorm": layernorm, "rmsnorm": rmsnorm, "none": lambda t, e: t}[kind](x, eps)
+    return y if weight is None else y * weight
+
+
+def hc_layer(H, branch, *, A_m, A_r, B, W_m=None, W_r=None, W_b=None, s_a=None, s_b=None,
+             norm="layernorm", norm_weight=None, tanh=True, eps=1e-5):
+    """HC Eq. 1-13 for H (..., n, D): returns the new H."""
+    act = torch.tanh if tanh else (lambda t: t)
+    A_m = A_m.squeeze(-1)  # (n,)
+    if W_m is not None:
+        Hn = _norm(H, norm, eps, norm_weight)  # (..., n, D)
+        B = B + s_b * act(torch.einsum("...nd,d->...n", Hn, W_b))
+        A_m = A_m + s_a * act(torch.einsum("...nd,d->...n", Hn, W_m))
+        A_r = A_r + s_a * act(torch.einsum("...nd,dj->...nj", Hn, W_r))
+    h0 = torch.einsum("...i,...id->...d", A_m, H)  # A_m^T H
+    Hp = torch.einsum("...ij,...id->...jd", A_r, H)  # A_r^T H
+    out = branch(h0)
+    return torch.einsum("...i,...d->...id", B, out) + Hp  # B^T out + H'
+
+
+def fc_layer(H, branch, *, Y, A, B, W_y=None, W_a=None, W_b=None, s_a=None, s_b=None,
+             norm="rmsnorm", norm_weight=None, tanh=True, eps=1e-5):
+    """FC Eq. 6-14 for H (..., m, D/m): returns the new H."""
+    act = torch.tanh if tanh else (lambda t: t)
+    m, dm = H.shape[-2:]
+    if W_y is not None:
+        Hn = _norm(H, norm, eps, norm_weight)
+        B = B + s_b * act(torch.einsum("...nd,d->...n", Hn, W_b))
+        Y = Y + s_a * act(torch.einsum("...nd,dj->...nj", Hn, W_y))
+        A = A + s_a * act(torch.einsum("...nd,dj->...nj", Hn, W_a))
+    x = torch.einsum("...ij,...id->...jd", Y, H).reshape(*H.shape[:-2], m * dm)  # Y^T H
+    out = branch(x).reshape(*H.shape[:-2], m, dm)
+    return B.unsqueeze(-1) * out + torch.einsum("...ij,...id->...jd", A, H)
+
+
+def sinkhorn(logits, iters):
+    """mHC Eq. 9: M0 = exp(logits), then (column-normalise, row-normalise) x iters."""
+    M = torch.exp(logits)
+    for _ in range(iters):
+        M = M / M.sum(-2, keepdim=True)
+        M = M / M.sum(-1, keepdim=True)
+    return M
+
+
+def mhc_layer(x, branch, *, phi, b_pre, b_post, b_res, a_pre, a_post, a_res, iters,
+              norm=True, eps=1e-6):
+    """mHC Eq. 3 and 7-9 for x (..., n, C): returns the new x."""
+    n, c = x.shape[-2:]
+    v = x.reshape(*x.shape[:-2], n * c)  # vec(x)
+    if norm:
+        v = rmsnorm(v, eps)
+    proj = v @ phi  # (..., n^2 + 2n)
+    H_pre = torch.sigmoid(a_pre * proj[..., :n] + b_pre)
+    H_post = 2 * torch.sigmoid(a_post * proj[..., n : 2 * n] + b_post)
+    H_res = sinkhorn(a_res * proj[..., 2 * n :].reshape(*x.shape[:-2], n, n) + b_res, iters)
+    out = branch(torch.einsum("...i,...ic->...c", H_pre, x))
+    return torch.einsum("...ij,...jc->...ic", H_res, x) + H_post.unsqueeze(-1) * out.unsqueeze(-2)
