@@ -73,3 +73,11 @@ def test_cli_dry_run_prints_resolved_config(capsys: pytest.CaptureFixture) -> No
     out = yaml.safe_load(capsys.readouterr().out)
     assert out["optim"]["lr"] == 5e-4
     assert out["model"]["dim"] == 64 and "preset" not in out["model"]
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path: Path) -> None:
+    from hyperfrac.train import Trainer
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"data.path={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match="hyperfrac data prepare --corpus shakespeare"):
+        Trainer(cfg)

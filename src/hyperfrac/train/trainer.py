@@ -87,7 +87,14 @@ class Trainer:
         _seed_everything(cfg.seed)
 
         self.data_path = resolve_data_path(cfg)
-        self.meta = load_meta(self.data_path)
+        try:
+            self.meta = load_meta(self.data_path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"no prepared dataset at {self.data_path}; run `hyperfrac data prepare --corpus "
+                f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size}` first, or point "
+                "data.path at a prepared dataset folder"
+            ) from e
         if self.meta["vocab_size"] > cfg.model.vocab_size:
             raise ValueError(
                 f"the tokenizer at {self.data_path} has {self.meta['vocab_size']} tokens but "
