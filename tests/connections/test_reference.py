@@ -168,3 +168,29 @@ def test_dynamic_scales_receive_gradient_from_init():
     conn(h, branch).square().sum().backward()
     assert conn.dynamic_alpha.grad.abs().sum() > 0
     assert conn.dynamic_beta.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["layernorm", "rmsnorm", "none"])
+@pytest.mark.parametrize("r,tanh", [(1, True), (3, False), (3, True)])
+def test_gradcheck_fused_dynamic_width(mode, r, tanh):
+    torch.manual_seed(0)
+    s, ds = 3, 5
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, s, ds, **dd)
+    w = torch.randn(ds, r + s + 1, **dd)
+    sa, sb = torch.randn(s, r + s, **dd), torch.randn(s, **dd)
+    ka, kb = torch.tensor(0.7, **dd), torch.tensor(-0.4, **dd)
+
+    def f(*args):
+        x, q, beta = HF.dynamic_width(*args, norm=mode, eps=1e-5, tanh=tanh)
+        return x, q, beta
+
+    assert torch.autograd.gradcheck(f, (h, w, sa, sb, ka, kb))
+    # and it equals the unfused composition
+    t = HF.norm_project(h, w, mode, 1e-5)
+    t = torch.tanh(t) if tanh else t
+    alpha, beta = sa + ka * t[..., :-1], sb + kb * t[..., -1]
+    x, q, b = f(h, w, sa, sb, ka, kb)
+    torch.testing.assert_close(x, HF.width_apply(h, alpha[..., :r]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q, alpha[..., r:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(b, beta, rtol=0, atol=1e-12)

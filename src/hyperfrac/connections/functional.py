@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["norm_project", "width_apply", "depth_apply", "sinkhorn"]
+__all__ = ["norm_project", "dynamic_width", "width_apply", "depth_apply", "sinkhorn"]
 
 _NORMS = ("layernorm", "rmsnorm", "none")
 
@@ -35,85 +35,92 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-class _NormProject(torch.autograd.Function):
+def _np_forward(h32: Tensor, w: Tensor, mode: str, eps: float):
     """logits = norm(h) @ W with the normalisation folded after the matmul (mHC Eq. 10-12).
 
     layernorm: (h - mu) * rstd @ W = rstd * (h @ W - mu * colsum(W)),  rstd = (var + eps)^-1/2
     rmsnorm:   h * rstd @ W       = rstd * (h @ W),                    rstd = (ms + eps)^-1/2
-    A learnable norm weight g is folded into W by the caller (W <- diag(g) W).
-    Only ``h`` (and per-row statistics) are saved; no normalised copy of ``h`` is stored.
+    The mean is one extra column of the same matmul; the mean of squares is a read-only
+    reduction; no normalised copy of h is written. Returns (logits, rstd, mu).
+    h32: (N, S, Ds), w: (Ds, K) -> logits (N, S, K), rstd/mu (N, S) (None when unused).
     """
+    ds = h32.shape[-1]
+    if mode == "none":
+        return h32 @ w, None, None
+    if mode == "layernorm":
+        w_ext = torch.cat([w, w.new_full((ds, 1), 1.0 / ds)], dim=1)  # (Ds, K+1): last = mean
+        y_ext = h32 @ w_ext  # (N, S, K+1)
+        y, mu = y_ext[..., :-1], y_ext[..., -1]
+    else:
+        y, mu = h32 @ w, None
+    ms = torch.linalg.vector_norm(h32, dim=-1).square_().div_(ds)  # (N, S) mean of squares
+    if mu is not None:
+        rstd = torch.rsqrt((ms - mu.square()).clamp_(min=0.0) + eps)
+        logits = (y - mu.unsqueeze(-1) * w.sum(dim=0)) * rstd.unsqueeze(-1)
+    else:
+        rstd = torch.rsqrt(ms + eps)
+        logits = y * rstd.unsqueeze(-1)
+    return logits, rstd, mu
+
+
+def _np_backward(g, h32, w, logits, rstd, mu, mode, grad_h=None, need_h=True, need_w=True):
+    """Backward of :func:`_np_forward` for g = dL/dlogits (N, S, K).
+
+    grad_h = rstd * (g @ W^T) - [rstd (g . colsum(W)) / Ds - u mu] - u h,
+    with u = rstd^2 (g . logits) / Ds (the derivative through rstd); mu terms only for
+    layernorm. When ``grad_h`` is given the result is accumulated into it in place.
+    Returns (grad_h, grad_w).
+    """
+    ds = h32.shape[-1]
+    k = w.shape[1]
+    gs = g if mode == "none" else g * rstd.unsqueeze(-1)  # (N, S, K)
+    gw = None
+    if need_h:
+        if mode == "layernorm":
+            u = (g * logits).sum(dim=-1) * rstd.square() / ds  # (N, S)
+            v = (gs @ w.sum(dim=0)) / ds - u * mu  # (N, S) per-row constant
+            # fold -v into the matmul: [gs, -v] @ [W^T; 1]
+            lhs = torch.cat([gs, -v.unsqueeze(-1)], dim=-1).reshape(-1, k + 1)  # (N*S, K+1)
+            rhs = torch.cat([w.t(), w.new_ones(1, ds)], dim=0)  # (K+1, Ds)
+        else:
+            lhs, rhs = gs.reshape(-1, k), w.t()  # (N*S, K), (K, Ds)
+        if grad_h is None:
+            grad_h = (lhs @ rhs).view(h32.shape)  # (N, S, Ds)
+        else:
+            grad_h.view(-1, ds).addmm_(lhs, rhs)
+        if mode == "rmsnorm":
+            u = (g * logits).sum(dim=-1) * rstd.square() / ds  # (N, S)
+        if mode != "none":
+            grad_h.addcmul_(u.unsqueeze(-1), h32, value=-1.0)
+    if need_w:
+        gf = gs.reshape(-1, k)  # (N*S, K)
+        gw = h32.reshape(-1, ds).t() @ gf  # (Ds, K): sum_rows rstd (h - mu)^T g
+        if mode == "layernorm":
+            gw.sub_((mu.reshape(-1, 1) * gf).sum(dim=0))
+    return grad_h, gw
+
+
+class _NormProject(torch.autograd.Function):
+    """``norm(h) @ W`` per slot; saves h and per-row statistics only."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, mode: str, eps: float) -> Tensor:
-        # h: (N, S, Ds), weight: (Ds, K) -> logits (N, S, K), always float32 or float64
         h32 = _f32(h)
-        w = weight.to(h32.dtype)
-        ds = h.shape[-1]
-        y = h32 @ w  # (N, S, K)
-        if mode == "none":
-            ctx.save_for_backward(h, weight)
-            ctx.mode = mode
-            return y
-        ms = torch.linalg.vector_norm(h32, dim=-1).square_().div_(ds)  # (N, S) mean of squares
-        if mode == "layernorm":
-            mu = h32.mean(dim=-1)  # (N, S)
-            var = (ms - mu.square()).clamp_(min=0.0)
-            colsum = w.sum(dim=0)  # (K,)
-            rstd = torch.rsqrt(var + eps)
-            logits = (y - mu.unsqueeze(-1) * colsum).mul_(rstd.unsqueeze(-1))
-        else:
-            mu = None
-            rstd = torch.rsqrt(ms + eps)
-            logits = y.mul(rstd.unsqueeze(-1))
+        logits, rstd, mu = _np_forward(h32, weight.to(h32.dtype), mode, eps)
         ctx.mode = mode
-        ctx.save_for_backward(h, weight, rstd, logits, mu if mu is not None else rstd)
+        ctx.save_for_backward(h, weight, logits, rstd, mu)
         return logits
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        mode = ctx.mode
-        if mode == "none":
-            h, weight = ctx.saved_tensors
-            h32 = _f32(h)
-            g = g.to(h32.dtype)
-            w = weight.to(h32.dtype)
-            grad_h = (g @ w.t()).to(h.dtype) if ctx.needs_input_grad[0] else None
-            grad_w = None
-            if ctx.needs_input_grad[1]:
-                grad_w = (h32.reshape(-1, h.shape[-1]).t() @ g.reshape(-1, g.shape[-1]))
-                grad_w = grad_w.to(weight.dtype)
-            return grad_h, grad_w, None, None
-        h, weight, rstd, logits, mu = ctx.saved_tensors
+        h, weight, logits, rstd, mu = ctx.saved_tensors
         h32 = _f32(h)
-        g = g.to(h32.dtype).contiguous()
-        w = weight.to(h32.dtype)
-        ds = h.shape[-1]
-        grs = g * rstd.unsqueeze(-1)  # (N, S, K)  dL/d(h_hat @ W)
-        # q = sum_K g * logits / rstd^2 ... derived per row: d logits / d rstd = logits / rstd
-        q = (g * logits).sum(dim=-1)  # (N, S)
-        grad_h = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # d rstd / dh = -rstd^3 (h - mu) / Ds  (layernorm) or -rstd^3 h / Ds (rmsnorm)
-            # grad_h = rstd * (g @ W^T) [- rstd * (g . colsum) / Ds] - (q * rstd^2 / Ds) (h - mu)
-            u = q * rstd.square() / ds  # (N, S)
-            if mode == "layernorm":
-                # fold the per-row constant -v into the matmul: [grs, -v] @ [W^T; 1]
-                v = (grs @ w.sum(dim=0)) / ds - u * mu  # (N, S)
-                lhs = torch.cat([grs, -v.unsqueeze(-1)], dim=-1)  # (N, S, K+1)
-                rhs = torch.cat([w.t(), w.new_ones(1, ds)], dim=0)  # (K+1, Ds)
-                grad_h = lhs @ rhs  # (N, S, Ds)
-            else:
-                grad_h = grs @ w.t()  # (N, S, Ds)
-            grad_h.addcmul_(u.unsqueeze(-1), h32, value=-1.0)
-            grad_h = grad_h.to(h.dtype)
-        if ctx.needs_input_grad[1]:
-            # logits = rstd * (h - mu) @ W  ->  dW = sum_rows rstd (h - mu)^T g
-            gf = grs.reshape(-1, grs.shape[-1])  # (N*S, K)
-            grad_w = h32.reshape(-1, ds).t() @ gf  # (Ds, K)
-            if mode == "layernorm":
-                grad_w.sub_((mu.reshape(-1, 1) * gf).sum(dim=0))
-            grad_w = grad_w.to(weight.dtype)
+        grad_h, grad_w = _np_backward(
+            g.to(h32.dtype).contiguous(), h32, weight.to(h32.dtype), logits, rstd, mu,
+            ctx.mode, need_h=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1],
+        )
+        grad_h = grad_h.to(h.dtype) if grad_h is not None else None
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         return grad_h, grad_w, None, None
 
 
@@ -163,6 +170,77 @@ def width_apply(h: Tensor, p: Tensor) -> Tensor:
     if p.dim() == 2:  # static: a real (not stride-0) batch keeps bmm on its fast path
         p = p.expand(h.shape[0], *p.shape).contiguous()
     return _WidthApply.apply(h, p)
+
+
+class _DynamicWidth(torch.autograd.Function):
+    """Dynamic coefficients and the width connection in one kernel (HC Eq. 8-13 + Eq. 2,
+    FC Eq. 9-14 + Eq. 8):
+
+        t = act(norm(h) W)                          (N, S, K = R+S+1), act = tanh or identity
+        [P | Q] = static_alpha + s_alpha * t[..., :R+S],   beta = static_beta + s_beta * t[..., -1]
+        x = P^T h
+
+    Returns x (N, R, Ds), Q (N, S, S) and beta (N, S) for the depth connection. Saves h, the
+    per-row norm statistics and the small (N, S, K) coefficient tensors; the gradient of h from
+    both the mixing and the norm/projection is accumulated into one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, static_alpha, static_beta, alpha_scale, beta_scale, mode, eps, tanh):
+        h32 = _f32(h)
+        cdt = h32.dtype
+        r = static_alpha.shape[1] - static_alpha.shape[0]
+        logits, rstd, mu = _np_forward(h32, w.to(cdt), mode, eps)
+        t = torch.tanh(logits) if tanh else logits  # (N, S, K)
+        alpha = static_alpha.to(cdt) + alpha_scale.to(cdt) * t[..., :-1]  # (N, S, R+S)
+        beta = static_beta.to(cdt) + beta_scale.to(cdt) * t[..., -1]  # (N, S)
+        p = alpha[..., :r]  # (N, S, R)
+        x = torch.bmm(p.transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds) -> (N, R, Ds)
+        ctx.mode, ctx.tanh, ctx.r = mode, tanh, r
+        ctx.save_for_backward(h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale)
+        return x.to(h.dtype), alpha[..., r:].contiguous(), beta
+
+    @staticmethod
+    def backward(ctx, gx, gq, gbeta):
+        h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale = ctx.saved_tensors
+        h32 = _f32(h)
+        cdt = h32.dtype
+        n, s, _ = h.shape
+        r = ctx.r
+        gx = gx.to(cdt).contiguous()  # (N, R, Ds)
+        gq = gq.to(cdt) if gq is not None else h32.new_zeros(n, s, s)
+        gbeta = gbeta.to(cdt) if gbeta is not None else h32.new_zeros(n, s)
+        gp = torch.bmm(h32, gx.transpose(1, 2))  # (N, S, Ds) @ (N, Ds, R) -> (N, S, R)
+        g_alpha = torch.cat([gp, gq], dim=-1)  # (N, S, R+S)
+        grad_sa = g_alpha.sum(dim=0)  # (S, R+S)
+        grad_sb = gbeta.sum(dim=0)  # (S,)
+        grad_scale_a = (g_alpha * t[..., :-1]).sum()
+        grad_scale_b = (gbeta * t[..., -1]).sum()
+        g_t = torch.cat([g_alpha * alpha_scale.to(cdt), (gbeta * beta_scale.to(cdt)).unsqueeze(-1)],
+                        dim=-1)  # (N, S, K)
+        g_logits = g_t * (1.0 - t * t) if ctx.tanh else g_t
+        # mixing term first, then the norm/projection term accumulated in place
+        grad_h = p * gx if r == 1 else torch.bmm(p, gx)  # (N, S, Ds)
+        grad_h, grad_w = _np_backward(
+            g_logits, h32, w.to(cdt), logits, rstd, mu, ctx.mode, grad_h=grad_h,
+            need_w=ctx.needs_input_grad[1],
+        )
+        return (grad_h.to(h.dtype), None if grad_w is None else grad_w.to(w.dtype),
+                grad_sa.to(w.dtype), grad_sb.to(w.dtype), grad_scale_a.to(alpha_scale.dtype),
+                grad_scale_b.to(beta_scale.dtype), None, None, None)
+
+
+def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, norm="layernorm",
+                  eps=1e-5, tanh=True) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused dynamic HC/FC width connection; see :class:`_DynamicWidth`.
+
+    h: (N, S, Ds); w: (Ds, R+S+1) = [W_alpha | W_beta]; static_alpha: (S, R+S);
+    static_beta: (S,); scales: 0-dim. Returns (x (N, R, Ds), Q (N, S, S), beta (N, S)).
+    """
+    if norm not in _NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")
+    return _DynamicWidth.apply(h, w, static_alpha, static_beta, alpha_scale, beta_scale, norm,
+                               eps, tanh)
 
 
 class _DepthApply(torch.autograd.Function):
@@ -220,20 +298,71 @@ def depth_apply(h: Tensor, q: Tensor, beta: Tensor, o: Tensor) -> Tensor:
     return _DepthApply.apply(h, q, beta, o)
 
 
+class _Sinkhorn(torch.autograd.Function):
+    """Sinkhorn-Knopp on flattened (N, S*S) matrices with an exact, recomputing backward.
+
+    Row and column sums are one small matmul each with a 0/1 block matrix that also broadcasts
+    the sums back to every entry ((N, S^2) @ (S^2, S^2)): two kernels per normalisation instead
+    of a strided reduction plus a broadcast division, which on CPU is 3-4x faster for the tiny
+    matrices mHC uses. Autograd through the loop would keep 2 x iters intermediates per layer
+    alive until backward; here only the logits are saved and the iterates are rebuilt in
+    backward, then differentiated step by step in reverse.
+    """
+
+    @staticmethod
+    def _sum_operators(s: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(s, dtype=like.dtype, device=like.device)
+        ones = torch.ones(s, s, dtype=like.dtype, device=like.device)
+        # flattened index a = i*S + j; column sums group equal j, row sums group equal i
+        return torch.kron(ones, eye), torch.kron(eye, ones)  # (S^2, S^2) each, symmetric
+
+    @staticmethod
+    def _iterates(x: Tensor, s: int, iters: int, keep: bool):
+        """x: flattened logits (N, S^2)."""
+        col, row = _Sinkhorn._sum_operators(s, x)
+        m = torch.exp(x - x.amax(dim=-1, keepdim=True))  # M^0, (N, S^2)
+        steps = []
+        for _ in range(iters):
+            for op in (col, row):  # T_c then T_r (mHC Eq. 9)
+                sums = m @ op  # (N, S^2): each entry's column (row) sum
+                m = m / sums
+                if keep:
+                    steps.append((op, sums, m))
+        return m, steps
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, iters: int) -> Tensor:
+        s = logits.shape[-1]
+        x = _f32(logits).reshape(-1, s * s)  # (N, S^2)
+        m, _ = _Sinkhorn._iterates(x, s, iters, keep=False)
+        ctx.iters = iters
+        ctx.save_for_backward(logits)
+        return m.reshape(logits.shape)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (logits,) = ctx.saved_tensors
+        s = logits.shape[-1]
+        x = _f32(logits).reshape(-1, s * s)
+        _, steps = _Sinkhorn._iterates(x, s, ctx.iters, keep=True)
+        g = g.to(x.dtype).reshape(-1, s * s)
+        for op, sums, y in reversed(steps):
+            # y = m / (m @ op): dL/dm = (g - (g * y) @ op) / sums   (op symmetric, sums
+            # constant within each group)
+            g = (g - (g * y) @ op) / sums
+        m0 = torch.exp(x - x.amax(dim=-1, keepdim=True))  # dM^0/dx = M^0 (shift cancels)
+        return (g * m0).reshape(logits.shape).to(logits.dtype), None
+
+
 def sinkhorn(logits: Tensor, iters: int = 20) -> Tensor:
     """Sinkhorn-Knopp projection onto doubly stochastic matrices (mHC Eq. 9).
 
-    M^0 = exp(logits) (shifted by the row max for stability, which the normalisation cancels),
+    M^0 = exp(logits) (shifted by the max for stability, which the normalisation cancels),
     then ``iters`` rounds of column normalisation followed by row normalisation. Rows therefore
     sum to 1 exactly (up to rounding) and columns approximately; computed in float32 at least.
-    The backward pass is autograd through the unrolled iterations (exact for the finite loop).
+    The backward pass is exact for the finite loop (recomputed, see :class:`_Sinkhorn`).
     logits: (..., S, S) -> (..., S, S).
     """
-    if iters < 1:
-        raise ValueError(f"sinkhorn_iters must be >= 1, got {iters}")
-    x = _f32(logits)
-    m = torch.exp(x - x.amax(dim=(-1, -2), keepdim=True))
-    for _ in range(iters):
-        m = m / m.sum(dim=-2, keepdim=True)  # T_c: columns sum to 1
-        m = m / m.sum(dim=-1, keepdim=True)  # T_r: rows sum to 1
-    return m
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"sinkhorn_iters must be an integer >= 1, got {iters!r}")
+    return _Sinkhorn.apply(logits, iters)

@@ -114,13 +114,25 @@ class DynamicMixing(StreamConnection):
         r = self.n_inputs
         alpha, beta = self.static_alpha, self.static_beta
         if self.dynamic and hb is not None:
-            w = torch.cat([self.dynamic_alpha, self.dynamic_beta.unsqueeze(1)], dim=1)  # (Ds, K)
-            if self.norm_weight is not None:
-                w = w * self.norm_weight.unsqueeze(1)  # norm(h) * g @ W == norm(h) @ (g W)
-            logits = self._act(HF.norm_project(hb, w, self._norm_mode, self.eps))  # (N, S, K)
+            logits = self._act(HF.norm_project(hb, self._projection(), self._norm_mode, self.eps))
             alpha = alpha + self.alpha_scale * logits[..., :-1]  # (N, S, R+S)  HC Eq. 12-13
             beta = beta + self.beta_scale * logits[..., -1]  # (N, S)           HC Eq. 11
         return alpha[..., :r], alpha[..., r:], beta
+
+    def width_connection(self, h: Tensor):
+        if not self.dynamic:
+            return super().width_connection(h)
+        hb, lead = self._flatten(h)  # (N, S, Ds)
+        xb, q, beta = HF.dynamic_width(
+            hb, self._projection(), self.static_alpha, self.static_beta, self.alpha_scale,
+            self.beta_scale, norm=self._norm_mode, eps=self.eps, tanh=self._act is torch.tanh,
+        )
+        return self._to_model(xb, lead), (hb, q, beta, lead)
+
+    def _projection(self) -> Tensor:
+        """[W_alpha | W_beta] (Ds, R+S+1), with the norm weight folded in: norm(h) g @ W."""
+        w = torch.cat([self.dynamic_alpha, self.dynamic_beta.unsqueeze(1)], dim=1)
+        return w if self.norm_weight is None else w * self.norm_weight.unsqueeze(1)
 
     def decay_parameters(self) -> Iterator[nn.Parameter]:
         if self.dynamic:
