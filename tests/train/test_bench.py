@@ -42,6 +42,7 @@ def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
     # four streams of width D are saved per sublayer: more activation memory than residual
     assert dhc["saved_mb"] > 1.2 * res["saved_mb"]
     assert res["peak_mb"] > 0
+    assert 0.0 <= result["max_other_cpu_share"] <= 1.0
     assert "residual" in capsys.readouterr().out
 
 

@@ -15,6 +15,10 @@ Memory, per kind:
   the peak resident set size of a fresh subprocess that builds the model and runs two steps
   (includes the ~0.3-0.5 GB of the Python + torch runtime, identical for every kind).
 
+Contamination check (Linux): during every timed segment the CPU time of all other processes
+is read from ``/proc/stat``; the largest share of the machine they used is reported as
+``max_other_cpu_share`` and a warning is printed above 10 %.
+
 Writes JSON (``--out``) and prints a table.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -163,6 +168,34 @@ def _probe_main() -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
 
 
+def _busy_seconds() -> float | None:
+    """CPU-seconds all processes spent busy (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
+    """Seconds for ``steps`` steps, and the share of the machine's CPUs other processes
+    kept busy meanwhile (None where unknown). A share above ~0.1 means the timing is
+    contaminated by a neighbour."""
+    arm.sync()
+    busy0, cpu0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
+    for _ in range(steps):
+        arm.step()
+    arm.sync()
+    wall = time.perf_counter() - t0
+    busy1, cpu1 = _busy_seconds(), time.process_time()
+    if busy0 is None or busy1 is None:
+        return wall, None
+    others = max((busy1 - busy0) - (cpu1 - cpu0), 0.0)
+    return wall, others / (wall * (os.cpu_count() or 1))
+
+
 def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark described by ``args`` (see :func:`add_arguments`); returns the JSON."""
     from hyperfrac.train.trainer import resolve_device
@@ -183,18 +216,24 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):
             arm.step()
         arm.sync()
+    busy_share: list[float] = []
     for r in range(args.rounds):
         for arm in arms:
-            arm.sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                arm.step()
-            arm.sync()
-            arm.rates.append(args.steps * tokens / (time.perf_counter() - t0))
+            wall, others = _timed(arm, args.steps)
+            arm.rates.append(args.steps * tokens / wall)
+            if others is not None:
+                busy_share.append(others)
         print(
             f"[bench train] round {r + 1}/{args.rounds}: "
             + ", ".join(f"{label(a.conn)} {a.rates[-1]:.0f}" for a in arms)
             + " tok/s",
+            file=sys.stderr,
+        )
+    contended = max(busy_share, default=0.0)
+    if contended > 0.1:
+        print(
+            f"[bench train] WARNING: other processes used up to {100 * contended:.0f}% of the "
+            "CPUs during timed steps; the numbers are contaminated, rerun on a quiet machine",
             file=sys.stderr,
         )
     rows = []
@@ -240,6 +279,7 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda"
             else "peak RSS of a fresh subprocess (includes the runtime)"
         ),
+        "max_other_cpu_share": contended,
         "rows": rows,
     }
     _print_table(result)
