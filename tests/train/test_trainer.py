@@ -68,10 +68,19 @@ def test_tiny_run_lowers_loss_for_every_connection(kind: str, tmp_path: Path, ti
     assert summary["finished"] and summary["skipped_steps"] == 0
 
 
-@pytest.mark.parametrize("kind", ["residual", "dhc"])
-def test_resume_gives_identical_losses_and_weights(kind: str, tmp_path: Path, tiny_dataset: Path):
-    conn = "{kind: dhc, n_streams: 2}" if kind == "dhc" else "{kind: residual}"
-    common = (f"model.connection={conn}", "train.steps=8", "eval.interval=4")
+@pytest.mark.parametrize(
+    "conn, extra",
+    [
+        ("{kind: residual}", ()),
+        ("{kind: dhc, n_streams: 2}", ()),
+        ("{kind: dfc, n_fracs: 2}", ("model.preset=tiny-moe", "train.precision=bf16")),
+    ],
+    ids=["residual", "dhc", "dfc-moe-bf16"],
+)
+def test_resume_gives_identical_losses_and_weights(
+    conn: str, extra: tuple, tmp_path: Path, tiny_dataset: Path
+):
+    common = (f"model.connection={conn}", "train.steps=8", "eval.interval=4", *extra)
     straight = Trainer(make_cfg(tmp_path / "a", tiny_dataset, *common))
     straight.fit()
     first = Trainer(make_cfg(tmp_path / "b", tiny_dataset, *common, "train.stop_at=4"))
@@ -228,3 +237,17 @@ def test_bf16_moe_run_logs_router_stats(tmp_path: Path, tiny_dataset: Path):
     assert rec["moe_lb_loss"] >= 1.0 - 1e-3  # E * sum f P >= 1 up to routing ties
     assert 0.0 <= rec["moe_dropped"] < 1.0 and rec["aux_loss"] > 0
     assert {"loss", "bpb", "lr", "grad_norm", "tok_per_s", "eta_s", "tokens"} <= set(rec)
+
+
+def test_loss_spike_is_logged(tmp_path: Path, tiny_dataset: Path):
+    cfg = make_cfg(tmp_path, tiny_dataset, "train.spike_min_history=5", "train.steps=12")
+    trainer = Trainer(cfg)
+
+    def hook(module, args, out):  # a finite 3x loss at step 10
+        return out._replace(loss=out.loss * 3) if trainer.step + 1 == 10 else out
+
+    trainer.model.register_forward_hook(hook)
+    trainer.fit()
+    spikes = [r for r in _records(trainer.run_dir) if r.get("event") == "loss_spike"]
+    assert [s["step"] for s in spikes] == [10] and spikes[0]["score"] > 6
+    assert trainer.skipped_steps == 0
