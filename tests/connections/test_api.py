@@ -157,3 +157,41 @@ def test_compile_fullgraph_matches_eager(kind, opts):
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
     for g, p in zip(grads, conns.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
+
+
+def _saved_bytes(fn):
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize("kind,opts", STREAM_KINDS)
+def test_recompute_gives_identical_gradients_and_saves_the_branch_input(kind, opts):
+    torch.manual_seed(0)
+    plain = build(kind, D, layer_idx=1, **opts)
+    perturb(plain, 0.2)
+    rec = build(kind, D, layer_idx=1, recompute=True, **opts)
+    rec.load_state_dict(plain.state_dict())
+    branch = mlp_branches(1, D, dtype=torch.float32)[0]
+    x = torch.randn(4, 32, D)
+    results = []
+    for conn in (plain, rec):
+        h = conn.expand(x).detach().requires_grad_(True)
+        out, nbytes = _saved_bytes(lambda: conn(h, branch))
+        out.square().sum().backward()
+        grads = [h.grad] + [p.grad.clone() for p in conn.parameters()]
+        conn.zero_grad()
+        branch.zero_grad()
+        results.append((out.detach(), grads, nbytes))
+    (o1, g1, b1), (o2, g2, b2) = results
+    torch.testing.assert_close(o2, o1, rtol=0, atol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    x_bytes = 4 * 32 * D * 4  # the branch input (float32)
+    assert b1 - b2 >= x_bytes

@@ -182,7 +182,8 @@ def test_gradcheck_fused_dynamic_width(mode, r, tanh):
     ka, kb = torch.tensor(0.7, **dd), torch.tensor(-0.4, **dd)
 
     def f(*args):
-        x, q, beta = HF.dynamic_width(*args, norm=mode, eps=1e-5, tanh=tanh)
+        x, p, q, beta = HF.dynamic_width(*args, norm=mode, eps=1e-5, tanh=tanh)
+        assert not p.requires_grad
         return x, q, beta
 
     assert torch.autograd.gradcheck(f, (h, w, sa, sb, ka, kb))

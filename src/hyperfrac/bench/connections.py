@@ -6,6 +6,7 @@ interleaved rounds (so drift in machine speed hits all of them alike); we report
 and the ratio to our residual stack measured in the same run. The peer is the PyPI package
 ``hyper-connections`` (lucidrains), when installed.
 
+Variants marked "rc" use ``recompute=True``: the branch input is rebuilt in backward.
 "saved MiB" is the total size of the distinct storages autograd keeps for backward, excluding
 parameters and the input: the activation memory a training step holds at the loss.
 
@@ -110,6 +111,9 @@ def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
         "fc x4": lambda b, d: OursStack(b, "fc", d, n_fracs=4),
         "dfc x4": lambda b, d: OursStack(b, "dfc", d, n_fracs=4),
         "mhc x4": lambda b, d: OursStack(b, "mhc", d, n_streams=4),
+        "dhc x4 rc": lambda b, d: OursStack(b, "dhc", d, n_streams=4, recompute=True),
+        "dfc x4 rc": lambda b, d: OursStack(b, "dfc", d, n_fracs=4, recompute=True),
+        "mhc x4 rc": lambda b, d: OursStack(b, "mhc", d, n_streams=4, recompute=True),
     }
 
 

@@ -18,7 +18,7 @@ Layouts (D = model width, n streams, m fractions):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,58 @@ class Connection(nn.Module):
         return f"kind={self.kind}, dim={self.dim}, layer_idx={self.layer_idx}"
 
 
+class StreamState(NamedTuple):
+    """What the width connection hands to the depth connection."""
+
+    h: Tensor  # (N, S, Ds) flattened stream state
+    p: Tensor  # (N, S, R) or (S, R): input mixing (kept to recompute the branch input)
+    q: Tensor  # (N, S, S) or (S, S): residual mixing
+    beta: Tensor  # (N, S) or (S,): output weights
+    lead: tuple[int, ...]  # leading shape of the state
+
+
+class _XView(NamedTuple):
+    """Placeholder for a saved view of the branch input."""
+
+    size: torch.Size
+    stride: tuple[int, ...]
+    offset: int
+
+
+class _RecomputeInput:
+    """saved_tensors_hooks that drop the branch input x from autograd's saved tensors and
+    rebuild it in backward as P^T h from the connection's own saved state (one small bmm).
+
+    Any saved tensor that is x or a view of x is replaced by an :class:`_XView`; x is
+    recomputed once per backward and shared by all unpacks. Other tensors go to the hooks that
+    were active outside (e.g. CPU offloading, or a memory probe), so the two compose.
+    """
+
+    def __init__(self, x: Tensor, recompute: Callable[[], Tensor]) -> None:
+        self.ptr = x.untyped_storage().data_ptr()
+        self.x_offset = x.storage_offset()
+        self.recompute_fn = recompute
+        self.cache: Tensor | None = None
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        outer = top(False) if top is not None else None
+        self.outer_pack, self.outer_unpack = outer if outer else (None, None)
+
+    def pack(self, t: Tensor):
+        if t.untyped_storage().data_ptr() == self.ptr:
+            return _XView(t.size(), t.stride(), t.storage_offset() - self.x_offset)
+        return self.outer_pack(t) if self.outer_pack is not None else t
+
+    def unpack(self, packed):
+        if not isinstance(packed, _XView):
+            return self.outer_unpack(packed) if self.outer_unpack is not None else packed
+        if self.cache is None:
+            with torch.no_grad():
+                self.cache = self.recompute_fn()
+        return self.cache.as_strided(
+            packed.size, packed.stride, self.cache.storage_offset() + packed.offset
+        )
+
+
 class StreamConnection(Connection):
     """Shared machinery of HC, FC and mHC: a state of S slots of width Ds per token.
 
@@ -98,6 +150,8 @@ class StreamConnection(Connection):
     n_slots: int
     slot_dim: int
     n_inputs: int
+    #: drop the branch input from saved activations and recompute it in backward
+    recompute: bool = False
 
     # ------------------------------------------------------------ coefficients
     def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -155,12 +209,26 @@ class StreamConnection(Connection):
         hb, lead = self._flatten(h)  # (N, S, Ds)
         p, q, beta = self.coefficients(hb)
         xb = HF.width_apply(hb, p)  # (N, R, Ds)
-        return self._to_model(xb, lead), (hb, q, beta, lead)
+        return self._to_model(xb, lead), StreamState(hb, p, q, beta, lead)
 
-    def depth_connection(self, out: Tensor, state: Any) -> Tensor:
-        hb, q, beta, lead = state
-        ob = self._from_model(out, hb.shape[0])  # (N, R, Ds)
-        return self._unflatten(HF.depth_apply(hb, q, beta, ob), lead)
+    def depth_connection(self, out: Tensor, state: StreamState) -> Tensor:
+        ob = self._from_model(out, state.h.shape[0])  # (N, R, Ds)
+        return self._unflatten(HF.depth_apply(state.h, state.q, state.beta, ob), state.lead)
+
+    def forward(self, h: Tensor, branch: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        x, state = self.width_connection(h)
+        if not (self.recompute and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return self.depth_connection(branch(x, *args, **kwargs), state)
+
+        # Activation memory (HC App. B: recompute the mixing): the branch's saved copy of its
+        # input x is replaced by a recipe, x = P^T h, rebuilt in backward from state.
+        def rebuild() -> Tensor:
+            return self._to_model(HF.width_apply(state.h, state.p.detach()), state.lead)
+
+        hooks = _RecomputeInput(x, rebuild)
+        with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+            out = branch(x, *args, **kwargs)
+        return self.depth_connection(out, state)
 
     # ------------------------------------------------------------- introspection
     def connection_matrix(self, h: Tensor | None = None) -> Tensor:

@@ -198,10 +198,12 @@ class _DynamicWidth(torch.autograd.Function):
         x = torch.bmm(p.transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds) -> (N, R, Ds)
         ctx.mode, ctx.tanh, ctx.r = mode, tanh, r
         ctx.save_for_backward(h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale)
-        return x.to(h.dtype), alpha[..., r:].contiguous(), beta
+        p_out = p.detach().contiguous()  # for recomputing x; gradients flow through x only
+        ctx.mark_non_differentiable(p_out)
+        return x.to(h.dtype), p_out, alpha[..., r:].contiguous(), beta
 
     @staticmethod
-    def backward(ctx, gx, gq, gbeta):
+    def backward(ctx, gx, _gp, gq, gbeta):
         h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale = ctx.saved_tensors
         h32 = _f32(h)
         cdt = h32.dtype
@@ -231,11 +233,12 @@ class _DynamicWidth(torch.autograd.Function):
 
 
 def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, norm="layernorm",
-                  eps=1e-5, tanh=True) -> tuple[Tensor, Tensor, Tensor]:
+                  eps=1e-5, tanh=True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused dynamic HC/FC width connection; see :class:`_DynamicWidth`.
 
     h: (N, S, Ds); w: (Ds, R+S+1) = [W_alpha | W_beta]; static_alpha: (S, R+S);
-    static_beta: (S,); scales: 0-dim. Returns (x (N, R, Ds), Q (N, S, S), beta (N, S)).
+    static_beta: (S,); scales: 0-dim. Returns x (N, R, Ds), P (N, S, R) (detached, to recompute
+    x), Q (N, S, S) and beta (N, S).
     """
     if norm not in _NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")

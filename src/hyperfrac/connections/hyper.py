@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperfrac.connections import functional as HF
-from hyperfrac.connections.base import StreamConnection
+from hyperfrac.connections.base import StreamConnection, StreamState
 
 _FREEZABLE = ("width", "depth")
 _NORM_TYPES = ("layernorm", "rmsnorm")
@@ -64,10 +64,12 @@ class DynamicMixing(StreamConnection):
         rescale: bool = True,
         scale_init: float = 0.01,
         freeze: Iterable[str] = (),
+        recompute: bool = False,
         channel_first: bool = False,
         eps: float = 1e-5,
     ) -> None:
         super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
+        self.recompute = bool(recompute)
         if norm_type not in _NORM_TYPES:
             raise ValueError(f"norm_type must be one of {_NORM_TYPES}, got {norm_type!r}")
         freeze = tuple(freeze) if not isinstance(freeze, str) else (freeze,)
@@ -123,11 +125,11 @@ class DynamicMixing(StreamConnection):
         if not self.dynamic:
             return super().width_connection(h)
         hb, lead = self._flatten(h)  # (N, S, Ds)
-        xb, q, beta = HF.dynamic_width(
+        xb, p, q, beta = HF.dynamic_width(
             hb, self._projection(), self.static_alpha, self.static_beta, self.alpha_scale,
             self.beta_scale, norm=self._norm_mode, eps=self.eps, tanh=self._act is torch.tanh,
         )
-        return self._to_model(xb, lead), (hb, q, beta, lead)
+        return self._to_model(xb, lead), StreamState(hb, p, q, beta, lead)
 
     def _projection(self) -> Tensor:
         """[W_alpha | W_beta] (Ds, R+S+1), with the norm weight folded in: norm(h) g @ W."""

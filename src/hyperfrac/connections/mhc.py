@@ -64,10 +64,12 @@ class ManifoldHyperConnection(StreamConnection):
         scale_init: float = 0.01,
         pre_init: float = 0.9,
         res_init_diag: float = 0.9,
+        recompute: bool = False,
         channel_first: bool = False,
         eps: float = 1e-6,
     ) -> None:
         super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
+        self.recompute = bool(recompute)
         if not isinstance(n_streams, int) or n_streams < 1:
             raise ValueError(f"n_streams must be an integer >= 1, got {n_streams!r}")
         if not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
