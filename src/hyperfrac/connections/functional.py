@@ -197,18 +197,21 @@ class _DynamicWidth(torch.autograd.Function):
         p = alpha[..., :r]  # (N, S, R)
         x = torch.bmm(p.transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds) -> (N, R, Ds)
         ctx.mode, ctx.tanh, ctx.r = mode, tanh, r
-        ctx.save_for_backward(h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale)
+        # t and P are rebuilt from the logits in backward (cheap, (N, S, K)): less saved memory
+        ctx.save_for_backward(h, w, logits, rstd, mu, static_alpha, alpha_scale, beta_scale)
         p_out = p.detach().contiguous()  # for recomputing x; gradients flow through x only
         ctx.mark_non_differentiable(p_out)
         return x.to(h.dtype), p_out, alpha[..., r:].contiguous(), beta
 
     @staticmethod
     def backward(ctx, gx, _gp, gq, gbeta):
-        h, w, logits, rstd, mu, t, p, alpha_scale, beta_scale = ctx.saved_tensors
+        h, w, logits, rstd, mu, static_alpha, alpha_scale, beta_scale = ctx.saved_tensors
         h32 = _f32(h)
         cdt = h32.dtype
         n, s, _ = h.shape
         r = ctx.r
+        t = torch.tanh(logits) if ctx.tanh else logits  # (N, S, K)
+        p = static_alpha[:, :r].to(cdt) + alpha_scale.to(cdt) * t[..., :r]  # (N, S, R)
         gx = gx.to(cdt).contiguous()  # (N, R, Ds)
         gq = gq.to(cdt) if gq is not None else h32.new_zeros(n, s, s)
         gbeta = gbeta.to(cdt) if gbeta is not None else h32.new_zeros(n, s)
