@@ -39,6 +39,7 @@ def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
     res, dhc = result["rows"]
     assert res["kind"] == "residual" and res["speed_ratio"] == 1.0 and dhc["kind"] == "DHC×4"
     assert len(dhc["tok_per_s_rounds"]) == 2 and dhc["tok_per_s"] > 0
+    assert 0 <= dhc["clean_rounds"] <= 2 and len(dhc["other_cpu_share_rounds"]) == 2
     # four streams of width D are saved per sublayer: more activation memory than residual
     assert dhc["saved_mb"] > 1.2 * res["saved_mb"]
     assert res["peak_mb"] > 0

@@ -17,7 +17,8 @@ Memory, per kind:
 
 Contamination check (Linux): during every timed segment the CPU time of all other processes
 is read from ``/proc/stat``; the largest share of the machine they used is reported as
-``max_other_cpu_share`` and a warning is printed above 10 %.
+``max_other_cpu_share``; segments where they used more than 10 % are marked ``*`` and left
+out of the medians (unless a kind has no clean segment).
 
 Writes JSON (``--out``) and prints a table.
 """
@@ -96,6 +97,10 @@ class _Arm:
         self.x = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
         self.y = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
         self.rates: list[float] = []
+        self.others: list[float | None] = []
+
+    def clean_rates(self) -> list[float]:
+        return [r for r, o in zip(self.rates, self.others, strict=True) if not _dirty(o)]
 
     def step(self) -> None:
         ctx = (
@@ -168,6 +173,14 @@ def _probe_main() -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
 
 
+CONTENDED = 0.1
+"""Share of the machine's CPUs used by other processes above which a timing is discarded."""
+
+
+def _dirty(others: float | None) -> bool:
+    return others is not None and others > CONTENDED
+
+
 def _busy_seconds() -> float | None:
     """CPU-seconds all processes spent busy (Linux /proc/stat), or None elsewhere."""
     try:
@@ -216,24 +229,26 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):
             arm.step()
         arm.sync()
-    busy_share: list[float] = []
     for r in range(args.rounds):
         for arm in arms:
             wall, others = _timed(arm, args.steps)
             arm.rates.append(args.steps * tokens / wall)
-            if others is not None:
-                busy_share.append(others)
+            arm.others.append(others)
         print(
             f"[bench train] round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{label(a.conn)} {a.rates[-1]:.0f}" for a in arms)
+            + ", ".join(
+                f"{label(a.conn)} {a.rates[-1]:.0f}" + ("*" if _dirty(a.others[-1]) else "")
+                for a in arms
+            )
             + " tok/s",
             file=sys.stderr,
         )
-    contended = max(busy_share, default=0.0)
-    if contended > 0.1:
+    n_dirty = sum(_dirty(o) for a in arms for o in a.others)
+    if n_dirty:
         print(
-            f"[bench train] WARNING: other processes used up to {100 * contended:.0f}% of the "
-            "CPUs during timed steps; the numbers are contaminated, rerun on a quiet machine",
+            f"[bench train] {n_dirty} timed segment(s) (*) ran while other processes used more "
+            f"than {100 * CONTENDED:.0f}% of the CPUs; medians use the clean segments of each "
+            "kind (all of them where none is clean: then rerun on a quiet machine)",
             file=sys.stderr,
         )
     rows = []
@@ -242,8 +257,10 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
             "kind": label(arm.conn),
             "connection": arm.conn,
             "params": arm.params,
-            "tok_per_s": statistics.median(arm.rates),
+            "tok_per_s": statistics.median(arm.clean_rates() or arm.rates),
             "tok_per_s_rounds": arm.rates,
+            "other_cpu_share_rounds": arm.others,
+            "clean_rounds": len(arm.clean_rates()),
         }
         if not args.no_memory:
             row["saved_mb"] = arm.saved_bytes() / 2**20
@@ -279,7 +296,7 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda"
             else "peak RSS of a fresh subprocess (includes the runtime)"
         ),
-        "max_other_cpu_share": contended,
+        "max_other_cpu_share": max((o or 0.0 for a in arms for o in a.others), default=0.0),
         "rows": rows,
     }
     _print_table(result)
