@@ -68,6 +68,36 @@ class OursStack(nn.Module):
         return self.norm(self.conns[0].reduce(h))
 
 
+class NaiveStack(nn.Module):
+    """Direct transcription of HC Eq. 8-13 / FC Eq. 9-14 with plain autograd: the yardstick
+    for what the fused kernels buy. Same parameters and init as ``dhc`` / ``dfc``."""
+
+    def __init__(self, branches: nn.ModuleList, kind: str, dim: int, **options) -> None:
+        super().__init__()
+        self.branches = branches
+        self.conns = nn.ModuleList(
+            build(kind, dim, layer_idx=i, **options) for i in range(len(branches))
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    @staticmethod
+    def _layer(c, h: Tensor, branch: nn.Module) -> Tensor:
+        r = c.n_inputs
+        hn = F.layer_norm(h, (c.slot_dim,)) if c._norm_mode == "layernorm" else F.rms_norm(
+            h, (c.slot_dim,), c.norm_weight)
+        alpha = c.static_alpha + c.alpha_scale * torch.tanh(hn @ c.dynamic_alpha)  # (B,T,S,R+S)
+        beta = c.static_beta + c.beta_scale * torch.tanh(hn @ c.dynamic_beta)  # (B, T, S)
+        x = torch.einsum("btsr,btsd->btrd", alpha[..., :r], h).flatten(-2)  # (B, T, D)
+        out = branch(x).unflatten(-1, (r, c.slot_dim))  # (B, T, R, Ds)
+        return torch.einsum("btsj,btsd->btjd", alpha[..., r:], h) + beta.unsqueeze(-1) * out
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conns[0].expand(x)
+        for conn, branch in zip(self.conns, self.branches):
+            h = self._layer(conn, h, branch)
+        return self.norm(self.conns[0].reduce(h))
+
+
 class PeerStack(nn.Module):
     """The same stack built with the peer library's factory functions."""
 
@@ -111,6 +141,8 @@ def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
         "fc x4": lambda b, d: OursStack(b, "fc", d, n_fracs=4),
         "dfc x4": lambda b, d: OursStack(b, "dfc", d, n_fracs=4),
         "mhc x4": lambda b, d: OursStack(b, "mhc", d, n_streams=4),
+        "naive dhc x4": lambda b, d: NaiveStack(b, "dhc", d, n_streams=4),
+        "naive dfc x4": lambda b, d: NaiveStack(b, "dfc", d, n_fracs=4),
         "dhc x4 rc": lambda b, d: OursStack(b, "dhc", d, n_streams=4, recompute=True),
         "dfc x4 rc": lambda b, d: OursStack(b, "dfc", d, n_fracs=4, recompute=True),
         "mhc x4 rc": lambda b, d: OursStack(b, "mhc", d, n_streams=4, recompute=True),
