@@ -61,41 +61,31 @@ class OursStack(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
+    def layer(self, conn: nn.Module, h: Tensor, branch: nn.Module) -> Tensor:
+        return conn(h, branch)
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.conns[0].expand(x)
         for conn, branch in zip(self.conns, self.branches):
-            h = conn(h, branch)
+            h = self.layer(conn, h, branch)
         return self.norm(self.conns[0].reduce(h))
 
 
-class NaiveStack(nn.Module):
+class NaiveStack(OursStack):
     """Direct transcription of HC Eq. 8-13 / FC Eq. 9-14 with plain autograd: the yardstick
     for what the fused kernels buy. Same parameters and init as ``dhc`` / ``dfc``."""
 
-    def __init__(self, branches: nn.ModuleList, kind: str, dim: int, **options) -> None:
-        super().__init__()
-        self.branches = branches
-        self.conns = nn.ModuleList(
-            build(kind, dim, layer_idx=i, **options) for i in range(len(branches))
-        )
-        self.norm = nn.LayerNorm(dim)
-
-    @staticmethod
-    def _layer(c, h: Tensor, branch: nn.Module) -> Tensor:
+    def layer(self, c: nn.Module, h: Tensor, branch: nn.Module) -> Tensor:
         r = c.n_inputs
-        hn = F.layer_norm(h, (c.slot_dim,)) if c._norm_mode == "layernorm" else F.rms_norm(
-            h, (c.slot_dim,), c.norm_weight)
+        if c._norm_mode == "layernorm":
+            hn = F.layer_norm(h, (c.slot_dim,))
+        else:
+            hn = F.rms_norm(h, (c.slot_dim,), c.norm_weight)
         alpha = c.static_alpha + c.alpha_scale * torch.tanh(hn @ c.dynamic_alpha)  # (B,T,S,R+S)
         beta = c.static_beta + c.beta_scale * torch.tanh(hn @ c.dynamic_beta)  # (B, T, S)
         x = torch.einsum("btsr,btsd->btrd", alpha[..., :r], h).flatten(-2)  # (B, T, D)
         out = branch(x).unflatten(-1, (r, c.slot_dim))  # (B, T, R, Ds)
         return torch.einsum("btsj,btsd->btjd", alpha[..., r:], h) + beta.unsqueeze(-1) * out
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conns[0].expand(x)
-        for conn, branch in zip(self.conns, self.branches):
-            h = self._layer(conn, h, branch)
-        return self.norm(self.conns[0].reduce(h))
 
 
 class PeerStack(nn.Module):
@@ -239,8 +229,33 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown_table(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return report
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (what docs/results.md shows)."""
+    cfg = report["config"]
+    lines = [
+        f"torch {cfg['torch']}, {cfg['threads']} threads, {cfg['layers']} layers, "
+        f"input ({cfg['batch']}, {cfg['seq']}, {cfg['dim']}), {cfg['rounds']} rounds "
+        f"(median), {cfg['processor']}",
+        "",
+        "| mode | variant | median ms | ratio | target | peer ratio | overhead / peer's "
+        "| saved MiB | saved ratio | extra params |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        target = r.get("target", "")
+        if target:
+            target = f"≤ {target} {'✓' if r['meets_target'] else '✗'}"
+        lines.append(
+            f"| {r['mode']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f} | "
+            f"{target} | {r.get('peer_ratio', '')} | {r.get('overhead_vs_peer', '')} | "
+            f"{r['saved_mib']:.1f} | {r['saved_ratio']:.2f} | {r['extra_params']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
@@ -254,6 +269,7 @@ def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
             "median_ms": round(r.median_ms, 2),
             "ratio": round(ratio, 3),
             "saved_mib": round(r.saved_mib, 1),
+            "saved_bytes": int(r.saved_mib * 2**20),
             "saved_ratio": round(r.saved_mib / ref.saved_mib, 3),
             "extra_params": r.extra_params,
             "compile_s": round(r.compile_s, 1),
