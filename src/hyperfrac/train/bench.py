@@ -206,7 +206,8 @@ def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
     if busy0 is None or busy1 is None:
         return wall, None
     others = max((busy1 - busy0) - (cpu1 - cpu0), 0.0)
-    return wall, others / (wall * (os.cpu_count() or 1))
+    # /proc/stat counts 10 ms ticks: on segments of a few ms the share is coarse; clamp it.
+    return wall, min(others / (wall * (os.cpu_count() or 1)), 1.0)
 
 
 def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
