@@ -140,3 +140,34 @@ def test_eval_batches_cover_each_window_once() -> None:
     got = [x for r in range(2) for x, _ in eval_batches(tokens, 10, 3, rank=r, world_size=2)]
     starts = sorted(torch.cat(got)[:, 0].tolist())
     assert starts == list(range(0, 100, 10))
+
+
+def test_cli_data_prepare_textdir(tmp_path: Path, fixture_documents, capsys) -> None:
+    from hyperfrac.cli import main
+
+    src = tmp_path / "texts" / "src"
+    src.mkdir(parents=True)
+    for d in fixture_documents(n_docs=2, paragraphs=40):
+        (src / f"{d.name}.txt").write_text(d.text)
+    argv = [
+        "data",
+        "prepare",
+        "--corpus",
+        "textdir",
+        "--text-dir",
+        str(tmp_path / "texts"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--vocab-size",
+        "300",
+        "--chunk-bytes",
+        "256",
+        "--val-every",
+        "10",
+        "--val-offset",
+        "5",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "cache" / "datasets" / "textdir-bpe300") in out
+    assert "train" in out and "bytes/token" in out
