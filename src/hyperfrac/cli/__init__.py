@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "data": "data",
     "train": "train",
     "eval": "eval",
+    "compare": "compare",
+    "analyze": "analyze",
 }
 
 

@@ -1,0 +1,355 @@
+"""``hyperfrac analyze RUN_DIR``: every number the comparison report shows, for one trained run.
+
+For the latest complete checkpoint of a run folder (or a given one):
+
+* **metrics**: validation loss and bits-per-byte over the whole validation split; held-out
+  splits and multiple-choice suites when the dataset / eval package provide them (else absent,
+  shown as "n/a"); training tokens/s (median of the logged intervals); activation memory (bytes
+  autograd saves for backward in one training micro-batch); parameters, connection parameters
+  and forward FLOPs per token (:func:`hyperfrac.connections.overhead`); loss spikes and
+  non-finite steps from ``metrics.jsonl``;
+* **curves**: training and validation loss from ``metrics.jsonl``;
+* **probes** on ``windows`` validation windows (:class:`~hyperfrac.analysis.ConnectionProbe`):
+  adjacent-layer cosine similarity of the layer inputs per layer, median and 5-95% band
+  (HC Fig. 3, FC Fig. 2); token-averaged unfolded connection matrices, also per stream
+  (HC Eq. 27-29, Figs. 7 and 13); single and composite Amax gains across depth (mHC §3.1,
+  Fig. 3);
+* **gradient norms** per sublayer (attention / FFN of every block, each with its norm and its
+  connection) of the loss on the same windows at the checkpoint.
+
+Everything lands in ``RUN_DIR/analysis/analysis.json`` (and figures with ``figures=True``).
+Axes: L sublayers (attention and FFN count separately), S slots, R branch-input slots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hyperfrac.analysis.metrics import adjacent_cosine, band, connection_summary
+from hyperfrac.analysis.probes import ConnectionProbe
+
+ANALYSIS_VERSION = 1
+
+
+# ------------------------------------------------------------------------------ model probes
+
+
+@torch.no_grad()
+def probe_model(model: nn.Module, x: Tensor, *, max_tokens: int | None = 512) -> dict[str, Any]:
+    """Run ``model(x)`` under a :class:`ConnectionProbe`; return the paper diagnostics.
+
+    Returns ``cosine`` (median/low/high/mean per adjacent pair, L-1 values), ``unfolded``
+    (L, L+1, R, R) and ``unfolded_per_stream`` (S, L, L+1, R, R) as nested lists, and the
+    Amax gain curves (L,) under ``amax``.
+    """
+    was_training = model.training
+    model.eval()
+    with ConnectionProbe(model, max_tokens=max_tokens) as probe:
+        model(x)
+    model.train(was_training)
+    inputs = probe.layer_inputs  # L x (N, D)
+    out: dict[str, Any] = {"n_layers": len(inputs), "tokens": int(inputs[0].shape[0])}
+    if len(inputs) >= 2:
+        cos = adjacent_cosine(inputs)  # (L-1, N)
+        out["cosine"] = {**band(cos), "mean": cos.mean(-1).tolist()}
+    summary = connection_summary(probe.matrices)
+    out["unfolded"] = summary["unfolded"].tolist()  # (L, L+1, R, R)
+    out["unfolded_per_stream"] = summary["unfolded_per_stream"].tolist()  # (S, L, L+1, R, R)
+    out["amax"] = {
+        k: summary[k].tolist()
+        for k in ("single_forward", "single_backward", "composite_forward", "composite_backward")
+    }
+    return out
+
+
+def sublayer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    """(name, parameters) of every sublayer: attention and FFN of each block, each with its
+    pre-norm and its connection; models without ``blocks`` give one group per child."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return [(n, list(m.parameters())) for n, m in model.named_children()]
+    groups = []
+    for i, b in enumerate(blocks):
+        for part in ("attn", "ffn"):
+            mods = [getattr(b, part, None), getattr(b, f"{part}_norm", None),
+                    getattr(b, f"{part}_conn", None)]
+            params = [p for m in mods if m is not None for p in m.parameters()]
+            groups.append((f"{i}.{part}", params))
+    return groups
+
+
+def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """L2 norm of the gradient of (loss + aux loss) on ``(x, y)`` per sublayer (fp32)."""
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(x, y)
+    (out.loss + out.aux_loss).backward()
+    names, norms = [], []
+    for name, params in sublayer_groups(model):
+        sq = sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None)
+        names.append(name)
+        norms.append(math.sqrt(sq))
+    total = math.sqrt(sum(float(p.grad.double().pow(2).sum())
+                          for p in model.parameters() if p.grad is not None))
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return {"names": names, "sublayer": norms, "total": total, "loss": float(out.loss)}
+
+
+def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:
+    """Bytes autograd saves for backward in one training forward (each storage once, parameters
+    excluded): the activation memory of a training step."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        out = model(x, y)
+    del out
+    return sum(v for k, v in seen.items() if k not in params)
+
+
+# ------------------------------------------------------------------------------ run folder
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return recs
+
+
+def curves_and_events(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training/validation curves, median tokens/s and event counts from metrics.jsonl."""
+    train = [r for r in records if "loss_avg" in r]
+    val = [r for r in records if "val_loss" in r]
+    # the first logged interval includes start-up; skip it when there are others
+    rates = [r["tok_per_s"] for r in train[1:] or train if r.get("tok_per_s")]
+    return {
+        "curves": {
+            "train": {
+                "step": [r["step"] for r in train],
+                "tokens": [r.get("tokens") for r in train],
+                "loss": [r["loss_avg"] for r in train],
+            },
+            "val": {
+                "step": [r["step"] for r in val],
+                "tokens": [r.get("tokens") for r in val],
+                "loss": [r["val_loss"] for r in val],
+                "bpb": [r["val_bpb"] for r in val],
+            },
+        },
+        "tok_per_s": statistics.median(rates) if rates else None,
+        "loss_spikes": sum(1 for r in records if r.get("event") == "loss_spike"),
+        "nonfinite": sum(1 for r in records if r.get("event") == "nonfinite"),
+    }
+
+
+def _extra_splits(meta: dict[str, Any]) -> list[str]:
+    """Held-out splits a prepared dataset provides besides train and val (issue 4)."""
+    return [s for s in meta.get("splits", {}) if s not in ("train", "val")]
+
+
+def _mc_accuracies(model: nn.Module, cfg: Any, data_path: Path, max_items: int | None
+                   ) -> dict[str, float]:
+    """Multiple-choice accuracies from the eval package's suites (issue 4:
+    ``hyperfrac.eval.run.run_suites``, built from the dataset's held-out text) when that
+    package is installed; suites it cannot build are left out, so the report shows "n/a"."""
+    if max_items == 0:
+        return {}
+    try:
+        from hyperfrac.eval.run import run_suites
+    except ImportError:
+        return {}
+    res = run_suites(model, cfg, data_path, max_items=max_items,
+                     batch_size=cfg.eval.batch_size)
+    return {name: float(r["accuracy"]) for name, r in res.items() if "accuracy" in r}
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
+    """Approximate forward FLOPs per token: 2 x every matmul weight (embedding lookup excluded,
+    LM head included, MoE experts counted at top_k / n_experts) + causal attention
+    2 x 2 x (T/2) x D per layer."""
+    from hyperfrac.models.moe import MoE
+
+    cfg = model.cfg
+    total = 0
+    skip = {id(model.embed.weight)} if hasattr(model, "embed") else set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in skip:
+            total += 2 * m.weight.numel()
+        if isinstance(m, MoE):
+            frac = m.top_k / m.n_experts
+            total += int(2 * (m.w_in.numel() + m.w_out.numel()) * frac)
+    if getattr(cfg, "tie_embeddings", False):
+        total += 2 * model.embed.weight.numel()
+    total += 2 * 2 * (seq_len // 2) * cfg.dim * cfg.n_layers
+    return int(total)
+
+
+def connection_cost(model: nn.Module) -> dict[str, int]:
+    """Connection parameters in the model and their forward FLOPs per token (vs residual)."""
+    from hyperfrac.connections import Connection, overhead
+
+    conns = [m for m in model.modules() if isinstance(m, Connection)]
+    params = sum(p.numel() for c in conns for p in c.parameters())
+    spec = dict(model.cfg.connection)
+    kind = spec.pop("kind")
+    flops = overhead(kind, model.cfg.dim, len(conns), **spec)["flops_per_token"]
+    return {"conn_params": int(params), "conn_flops_per_token": int(flops)}
+
+
+def load_run_model(run_dir: Path, checkpoint: Path | None = None):
+    """(model, cfg, checkpoint path, train_state) from a run folder's checkpoint."""
+    import yaml
+
+    from hyperfrac.models import build_model
+    from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint
+    from hyperfrac.train.config import RunConfig, from_dict
+
+    run_dir = Path(run_dir)
+    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
+            "written by `hyperfrac train` or `hyperfrac compare`?"
+        )
+    ckpt = load_checkpoint(path)
+    cfg: RunConfig = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, Path(path), ckpt["train_state"]
+
+
+def analyze_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: Path | None = None,
+    data_path: Path | None = None,
+    windows: int = 4,
+    max_tokens: int | None = 512,
+    eval_batches: int | None = None,
+    mc_items: int | None = 200,
+    figures: bool = False,
+    write: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """All per-run numbers of the report (see the module docstring); cached by checkpoint.
+
+    ``eval_batches`` limits validation/held-out batches (None = whole split); ``mc_items``
+    limits the items per multiple-choice suite (None = the suite's default, 0 = skip).
+    """
+    from hyperfrac.data.loader import eval_batches as batches
+    from hyperfrac.data.prepare import load_meta, open_tokens
+    from hyperfrac.eval.lm import evaluate_lm
+    from hyperfrac.models.lm import count_params
+    from hyperfrac.train.trainer import resolve_data_path
+
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "analysis"
+    model, cfg, ckpt_path, state = load_run_model(run_dir, checkpoint)
+    if getattr(cfg.data, "kind", "text") != "text":
+        raise NotImplementedError(
+            f"not yet: {run_dir} is an image ({cfg.data.kind}) run; `hyperfrac analyze` and "
+            "`hyperfrac compare` analyse language-model runs only so far"
+        )
+    key = {"checkpoint": ckpt_path.name, "windows": windows, "max_tokens": max_tokens,
+           "eval_batches": eval_batches, "mc_items": mc_items, "version": ANALYSIS_VERSION}
+    cached = out_dir / "analysis.json"
+    if cached.is_file():
+        old = json.loads(cached.read_text())
+        if old.get("key") == key:
+            if figures:
+                _run_figures(old, out_dir)
+            return old
+    dev = torch.device(device)
+    model.to(dev)
+    path = Path(data_path) if data_path else resolve_data_path(cfg)
+    meta = load_meta(path)
+    token_bytes = np.load(path / "token_bytes.npy")
+    ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
+              device=dev, precision=cfg.train.precision)
+    val = evaluate_lm(model, open_tokens(path, "val"), token_bytes, **ev)
+    heldout = {s: evaluate_lm(model, open_tokens(path, s), token_bytes, **ev)
+               for s in _extra_splits(meta)}
+    logged = curves_and_events(read_metrics(run_dir))
+    x, y = next(batches(open_tokens(path, "val"), cfg.data.seq_len, windows))  # (W, T)
+    x, y = x.to(dev), y.to(dev)
+    # activation memory of one training micro-batch (fixed random tokens: same for every arm)
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.data.seq_len + 1),
+                        generator=g).to(dev)  # (B, T + 1)
+    metrics = {
+        "val_loss": val["loss"],
+        "val_bpb": val["bpb"],
+        "val_tokens": val["tokens"],
+        "heldout": {s: {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"]}
+                    for s, r in heldout.items()},
+        "mc": _mc_accuracies(model, cfg, path, mc_items),
+        "tok_per_s": logged["tok_per_s"],
+        "saved_act_mb": saved_activation_bytes(model, tok[:, :-1], tok[:, 1:],
+                                               cfg.train.precision) / 2**20,
+        "saved_act_batch": [cfg.train.batch_size, cfg.data.seq_len],
+        "params": count_params(model),
+        "params_non_embedding": count_params(model, exclude_embeddings=True),
+        **connection_cost(model),
+        "model_flops_per_token": model_flops_per_token(model, cfg.data.seq_len),
+        "loss_spikes": logged["loss_spikes"],
+        "nonfinite": logged["nonfinite"],
+    }
+    result = {
+        "key": key,
+        "run": str(run_dir),
+        "checkpoint": str(ckpt_path),
+        "step": int(state["step"]),
+        "tokens": int(state["tokens"]),
+        "connection": dict(cfg.model.connection),
+        "model": {"dim": cfg.model.dim, "n_layers": cfg.model.n_layers,
+                  "moe": cfg.model.moe is not None, "seq_len": cfg.data.seq_len},
+        "metrics": metrics,
+        "curves": logged["curves"],
+        "probe": probe_model(model, x, max_tokens=max_tokens),
+        "grad_norms": gradient_norms(model, x, y),
+    }
+    result["probe"]["windows"] = int(x.shape[0])
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result) + "\n")
+        tmp.replace(cached)
+    if figures:
+        _run_figures(result, out_dir)
+    return result
+
+
+def _run_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The report's figures for one run (single-arm versions) into ``out_dir``."""
+    from hyperfrac.analysis import plots
+
+    name = Path(result["run"]).name
+    arms = {name: [result]}
+    return plots.all_figures(arms, out_dir, reference=name)

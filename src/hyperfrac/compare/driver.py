@@ -1,0 +1,343 @@
+"""``hyperfrac compare``: train every arm x seed, analyse each run, write the report folder.
+
+Fairness (what makes the arms comparable, as in the papers' ablations):
+
+* **Same data order.** Every arm of a seed uses that seed for the loader's shuffle, so arm A
+  and arm B see identical batches in identical order.
+* **Same initial branch weights.** After building the model, the driver re-seeds and calls
+  ``model.reset_parameters()``, which draws every non-connection weight (embedding, QKV, output
+  projections, FFN) in a fixed order; connection modules draw nothing from the RNG they share.
+  HC-family output projections get the same draws times √n (HC §4). Tested.
+* **Same everything else**: the arms differ only in ``model.connection`` (plus explicit per-arm
+  overrides a preset names, e.g. a stability arm's learning rate).
+
+Layout of ``OUT``::
+
+    OUT/plan.json                 the resolved spec (arms, seeds, budget) of this folder
+    OUT/runs/<arm>-seed<s>/       an ordinary run folder (checkpoints, metrics.jsonl, ...)
+        compare_arm.json          config fingerprint, wall time, peak RSS of the training
+        analysis/analysis.json    every number of :func:`hyperfrac.analysis.analyze_run`
+    OUT/results.json OUT/summary.md OUT/report.html OUT/figures/*.png
+
+Resume: re-running the same command skips arms whose run finished (``summary.json`` with
+``finished: true`` and a matching config fingerprint), continues interrupted arms from their
+latest checkpoint (exact resume of the trainer) and reuses cached analyses. A folder created
+with a different config is refused (use another ``--out`` or ``--force``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyperfrac.compare.spec import Arm, CompareSpec, arm_hash
+
+Log = Callable[[str], None]
+
+
+def _say(msg: str) -> None:
+    print(f"[compare] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- arm configs
+
+
+def arm_config(spec: CompareSpec, arm: Arm, seed: int, runs_dir: Path):
+    """The :class:`~hyperfrac.train.RunConfig` of one arm and seed."""
+    from hyperfrac.train.config import RunConfig, apply_overrides, from_dict
+
+    data = json.loads(json.dumps(spec.base))  # deep copy of plain data
+    data.setdefault("model", {})["connection"] = dict(arm.connection)
+    data["seed"] = int(seed)
+    data["name"] = f"{arm.name}-seed{seed}"
+    data["out_dir"] = str(runs_dir)
+    data = apply_overrides(data, list(arm.overrides))
+    cfg: RunConfig = from_dict(RunConfig, data)
+    cfg.checkpoint.resume = "auto"
+    cfg.validate()
+    return cfg
+
+
+def build_trainer(cfg):
+    """A :class:`~hyperfrac.train.Trainer` whose fresh model has the seed's shared branch init
+    (see the module docstring); a resumed trainer is left as loaded."""
+    from hyperfrac.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    if trainer.resumed_from is None and trainer.step == 0:
+        torch.manual_seed(cfg.seed)
+        trainer.model.reset_parameters()
+        torch.manual_seed(cfg.seed)
+    return trainer
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    p = run_dir / "summary.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def arm_finished(run_dir: Path, fingerprint: str) -> bool:
+    """True when the run folder holds a finished training of this exact config."""
+    meta = run_dir / "compare_arm.json"
+    s = _summary(run_dir)
+    if not meta.is_file() or s is None:
+        return False
+    info = json.loads(meta.read_text())
+    return info.get("fingerprint") == fingerprint and bool(s.get("finished")) and bool(
+        info.get("finished"))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train_in_process(cfg) -> dict[str, Any]:
+    """Train one arm in this process; returns the trainer summary (peak RSS: None)."""
+    summary = build_trainer(cfg).fit()
+    return {**summary, "peak_rss_mb": None}
+
+
+def train_subprocess(cfg, config_path: Path) -> dict[str, Any]:
+    """Train one arm in a child process (``python -m hyperfrac.compare.worker``) so its peak
+    resident memory (``ru_maxrss`` of that child) is measured on its own."""
+    cmd = [sys.executable, "-m", "hyperfrac.compare.worker", str(config_path)]
+    proc = subprocess.Popen(cmd)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"training {cfg.name} failed (exit code {proc.returncode}); its log is above. "
+            f"Re-run to resume from {cfg.run_dir / 'checkpoints'}"
+        )
+    summary = _summary(cfg.run_dir) or {}
+    return {**summary, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux: KiB
+
+
+# ------------------------------------------------------------------------------ estimate
+
+
+def calibrate_seconds_per_step(cfg, steps: int = 2) -> float:
+    """Time ``steps`` training steps of this arm's model on random tokens (after one warm-up)."""
+    from hyperfrac.models.lm import TransformerLM
+    from hyperfrac.train.optim import build_optimizer
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    model = TransformerLM(cfg.model)
+    opt = build_optimizer(model, cfg.optim)
+    B, T = cfg.train.batch_size, cfg.data.seq_len
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=g)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+
+    def step() -> None:
+        for _ in range(cfg.train.grad_accum):
+            with ctx:
+                out = model(x[:, :-1], x[:, 1:])
+            (out.loss + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+# ------------------------------------------------------------------------------ vision
+
+
+def _vision_trainer() -> bool:
+    """Whether the issue-4 image training path exists (``data.kind: fashion_mnist``)."""
+    try:
+        from hyperfrac.train.config import IMAGE_KINDS  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -------------------------------------------------------------------------------- driver
+
+
+def run_compare(
+    spec: CompareSpec,
+    out: str | Path,
+    *,
+    budget: float = 1.0,
+    isolate: bool = True,
+    force: bool = False,
+    estimate: bool = True,
+    eval_batches: int | None = None,
+    figures: bool = True,
+    log: Log = _say,
+) -> dict[str, Any]:
+    """Train, analyse and report every arm x seed of ``spec`` into ``out``; returns results.
+
+    ``isolate`` trains each arm in a child process (measures its peak RSS); ``force`` deletes
+    runs trained with a different config instead of refusing; ``estimate`` times two steps per
+    arm first and prints the expected wall time; ``eval_batches`` caps validation batches.
+    """
+    from hyperfrac.compare.report import write_report
+    from hyperfrac.train.config import dump_config
+
+    if spec.task == "vision":
+        if not _vision_trainer():
+            raise NotImplementedError(
+                "not yet: comparing ViT arms needs the Fashion-MNIST loader and ViT trainer "
+                "(project issue 4), which are not in this checkout; language-model presets "
+                "work now"
+            )
+        raise NotImplementedError(
+            "not yet: the ViT trainer exists (data.kind: fashion_mnist), but compare's "
+            "evaluation and analysis handle language-model runs only so far; train the arms "
+            "with `hyperfrac train` and compare with `hyperfrac eval` meanwhile"
+        )
+    spec = spec.scaled(budget)
+    out = Path(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    plan = {"spec": spec.to_dict(), "budget": budget}
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if old.get("spec", {}).get("base") != plan["spec"]["base"] and not force:
+            raise ValueError(
+                f"{out} holds a comparison with a different base config (or budget); use "
+                "another --out, the same settings, or --force to retrain"
+            )
+    _write_json(plan_path, plan)
+
+    jobs = [(seed, arm, arm_config(spec, arm, seed, runs_dir)) for seed in spec.seeds
+            for arm in spec.arms]
+    _ensure_data(jobs[0][2], log)
+    todo = []
+    for seed, arm, cfg in jobs:
+        fp = arm_hash(dump_config(cfg))
+        meta_path = cfg.run_dir / "compare_arm.json"
+        if meta_path.is_file():
+            info = json.loads(meta_path.read_text())
+            if info.get("fingerprint") != fp:
+                if not force:
+                    raise ValueError(
+                        f"{cfg.run_dir} was trained with a different config; use another "
+                        "--out, the original settings, or --force to retrain it"
+                    )
+                shutil.rmtree(cfg.run_dir)
+        if not arm_finished(cfg.run_dir, fp):
+            todo.append((seed, arm, cfg, fp))
+
+    log(
+        f"{spec.name}: {len(spec.arms)} arms ({', '.join(a.display for a in spec.arms)}) x "
+        f"{len(spec.seeds)} seeds, {jobs[0][2].train.steps} steps x "
+        f"{jobs[0][2].train.batch_size * jobs[0][2].data.seq_len * jobs[0][2].train.grad_accum}"
+        f" tokens each; {len(jobs) - len(todo)} of {len(jobs)} runs already finished"
+        + (f"; budget x{budget:g}" if budget != 1 else "")
+    )
+    if spec.target_minutes:
+        log(f"this preset is sized for about {spec.target_minutes * budget:.0f} min on a 2-core "
+            f"CPU{' at this budget' if budget != 1 else ''}")
+    if estimate and todo:
+        per_arm: dict[str, float] = {}
+        for _, arm, cfg, _ in todo:
+            if arm.name not in per_arm:
+                per_arm[arm.name] = calibrate_seconds_per_step(cfg)
+        est = sum(per_arm[arm.name] * (cfg.train.steps - _done_steps(cfg.run_dir))
+                  for _, arm, cfg, _ in todo)
+        log(f"estimated training time on this machine: {est / 60:.1f} min (2 timed steps per "
+            "arm; evaluation and analysis add a little)")
+
+    from hyperfrac.analysis.analyze import analyze_run
+
+    config_dir = out / "configs"
+    config_dir.mkdir(exist_ok=True)
+    for i, (seed, arm, cfg, fp) in enumerate(todo):
+        log(f"[{i + 1}/{len(todo)}] training {arm.display} seed {seed} -> {cfg.run_dir}")
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        info = {"arm": arm.name, "seed": seed, "fingerprint": fp, "finished": False}
+        _write_json(cfg.run_dir / "compare_arm.json", info)
+        t0 = time.perf_counter()
+        if isolate:
+            cpath = config_dir / f"{cfg.name}.yaml"
+            cpath.write_text(dump_config(cfg))
+            summary = train_subprocess(cfg, cpath)
+        else:
+            summary = train_in_process(cfg)
+        info.update({"finished": bool(summary.get("finished")),
+                     "train_wall_s": time.perf_counter() - t0,
+                     "peak_rss_mb": summary.get("peak_rss_mb")})
+        _write_json(cfg.run_dir / "compare_arm.json", info)
+
+    runs: list[dict[str, Any]] = []
+    an = spec.analysis
+    for seed, arm, cfg in jobs:
+        res = analyze_run(cfg.run_dir, windows=int(an.get("windows", 4)),
+                          max_tokens=an.get("max_tokens", 512), eval_batches=eval_batches,
+                          mc_items=an.get("mc_items", 200))
+        info = json.loads((cfg.run_dir / "compare_arm.json").read_text())
+        runs.append({"arm": arm.name, "seed": seed, "analysis": res,
+                     "train_wall_s": info.get("train_wall_s"),
+                     "peak_rss_mb": info.get("peak_rss_mb")})
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    results = write_report(spec, runs, out, budget=budget, machine=machine,
+                           wall_s=time.perf_counter() - t_start, figures=figures)
+    log(f"report: {out / 'report.html'} | {out / 'summary.md'} | {out / 'results.json'}")
+    return results
+
+
+def _ensure_data(cfg, log: Log) -> None:
+    """Prepare the built-in corpus on first use (``hyperfrac data prepare``, ~10 s)."""
+    if cfg.data.path:
+        return
+    from hyperfrac.data.prepare import dataset_dir, is_ready, prepare
+
+    if is_ready(dataset_dir(cfg.data.corpus, cfg.data.vocab_size)):
+        return
+    if cfg.data.corpus != "shakespeare":
+        raise FileNotFoundError(
+            f"no prepared {cfg.data.corpus!r} dataset; run `hyperfrac data prepare --corpus "
+            f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size} ...` first"
+        )
+    log(f"preparing the default corpus (Shakespeare + Milton, BPE {cfg.data.vocab_size})")
+    prepare(cfg.data.corpus, cfg.data.vocab_size)
+
+
+def _done_steps(run_dir: Path) -> int:
+    from hyperfrac.train.checkpoint import latest_checkpoint
+
+    p = latest_checkpoint(run_dir / "checkpoints")
+    if p is None:
+        return 0
+    try:
+        return int(p.name.split("_")[-1])
+    except ValueError:
+        return 0
