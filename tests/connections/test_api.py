@@ -195,3 +195,27 @@ def test_recompute_gives_identical_gradients_and_saves_the_branch_input(kind, op
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     x_bytes = 4 * 32 * D * 4  # the branch input (float32)
     assert b1 - b2 >= x_bytes
+
+
+@pytest.mark.parametrize("kind,opts", STREAM_KINDS)
+def test_autocast_does_not_lower_the_connection_precision(kind, opts):
+    """Inside torch.autocast(bfloat16) the coefficients and mixing stay float32: with a
+    float32 branch the result is bit-identical to running without autocast."""
+    torch.manual_seed(0)
+    conn = build(kind, D, **opts)
+    perturb(conn, 0.1)
+    lin = nn.Linear(D, D)
+
+    def branch(x):
+        with torch.autocast("cpu", enabled=False):
+            return lin(x.float())
+
+    h = conn.expand(torch.randn(2, 8, D)).requires_grad_(True)
+    ref = conn(h, branch)
+    g_ref = torch.autograd.grad(ref.square().sum(), [h, *conn.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conn(h, branch)
+    g = torch.autograd.grad(out.square().sum(), [h, *conn.parameters()])  # backward outside
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

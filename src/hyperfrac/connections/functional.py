@@ -23,12 +23,28 @@ width, K projection outputs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 __all__ = ["norm_project", "dynamic_width", "width_apply", "depth_apply", "sinkhorn"]
 
 _NORMS = ("layernorm", "rmsnorm", "none")
+
+
+def _fp32_region(fn):
+    """Run a kernel's forward/backward with autocast off: the coefficients and the mixing are
+    computed in float32 even inside ``torch.autocast(dtype=bfloat16)`` (FC App. A); autocast
+    would otherwise run the small matmuls, and the n-wide state, in bf16."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(ctx, *args)
+
+    return wrapper
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -104,6 +120,7 @@ class _NormProject(torch.autograd.Function):
     """``norm(h) @ W`` per slot; saves h and per-row statistics only."""
 
     @staticmethod
+    @_fp32_region
     def forward(ctx, h: Tensor, weight: Tensor, mode: str, eps: float) -> Tensor:
         h32 = _f32(h)
         logits, rstd, mu = _np_forward(h32, weight.to(h32.dtype), mode, eps)
@@ -112,6 +129,7 @@ class _NormProject(torch.autograd.Function):
         return logits
 
     @staticmethod
+    @_fp32_region
     def backward(ctx, g: Tensor):
         h, weight, logits, rstd, mu = ctx.saved_tensors
         h32 = _f32(h)
@@ -138,6 +156,7 @@ class _WidthApply(torch.autograd.Function):
     """
 
     @staticmethod
+    @_fp32_region
     def forward(ctx, h: Tensor, p: Tensor) -> Tensor:
         h32 = _f32(h)
         x = torch.bmm(p.to(h32.dtype).transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds)
@@ -145,6 +164,7 @@ class _WidthApply(torch.autograd.Function):
         return x.to(h.dtype)
 
     @staticmethod
+    @_fp32_region
     def backward(ctx, gx: Tensor):
         h, p = ctx.saved_tensors
         h32 = _f32(h)
@@ -186,6 +206,7 @@ class _DynamicWidth(torch.autograd.Function):
     """
 
     @staticmethod
+    @_fp32_region
     def forward(ctx, h, w, static_alpha, static_beta, alpha_scale, beta_scale, mode, eps, tanh):
         h32 = _f32(h)
         cdt = h32.dtype
@@ -204,6 +225,7 @@ class _DynamicWidth(torch.autograd.Function):
         return x.to(h.dtype), p_out, alpha[..., r:].contiguous(), beta
 
     @staticmethod
+    @_fp32_region
     def backward(ctx, gx, _gp, gq, gbeta):
         h, w, logits, rstd, mu, static_alpha, alpha_scale, beta_scale = ctx.saved_tensors
         h32 = _f32(h)
@@ -257,6 +279,7 @@ class _DepthApply(torch.autograd.Function):
     """
 
     @staticmethod
+    @_fp32_region
     def forward(ctx, h: Tensor, q: Tensor, beta: Tensor, o: Tensor) -> Tensor:
         h32 = _f32(h)
         cdt = h32.dtype
@@ -267,6 +290,7 @@ class _DepthApply(torch.autograd.Function):
         return out.to(h.dtype)
 
     @staticmethod
+    @_fp32_region
     def backward(ctx, g: Tensor):
         h, q, beta, o = ctx.saved_tensors
         h32 = _f32(h)
@@ -337,6 +361,7 @@ class _Sinkhorn(torch.autograd.Function):
         return m, steps
 
     @staticmethod
+    @_fp32_region
     def forward(ctx, logits: Tensor, iters: int) -> Tensor:
         s = logits.shape[-1]
         x = _f32(logits).reshape(-1, s * s)  # (N, S^2)
@@ -346,6 +371,7 @@ class _Sinkhorn(torch.autograd.Function):
         return m.reshape(logits.shape)
 
     @staticmethod
+    @_fp32_region
     def backward(ctx, g: Tensor):
         (logits,) = ctx.saved_tensors
         s = logits.shape[-1]
