@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${HYPERFRAC_EXTRAS:-train,bench,plot,dev}
+EXTRAS=${HYPERFRAC_EXTRAS:-train,hf,bench,plot,dev}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "eval",
     "compare": "compare",
     "analyze": "analyze",
+    "export": "export",
+    "convert": "convert",
+    "generate": "generate",
 }
 
 

@@ -4,6 +4,7 @@ See :mod:`hyperfrac.models.lm` for the architecture and :mod:`hyperfrac.models.p
 the named shapes (tiny, CPU, and the papers' OLMo-1B / OLMo-7B / OLMoE-1B-7B).
 """
 
+from hyperfrac.models.layers import KVCache
 from hyperfrac.models.lm import LMConfig, LMOutput, MoEConfig, TransformerLM, count_params
 from hyperfrac.models.moe import MoE
 from hyperfrac.models.presets import (
@@ -16,6 +17,7 @@ from hyperfrac.models.presets import (
 from hyperfrac.models.vit import ViT, ViTConfig
 
 __all__ = [
+    "KVCache",
     "LMConfig",
     "LMOutput",
     "MoEConfig",

@@ -12,6 +12,9 @@ Read top to bottom: ``build_norm`` -> ``Rotary`` -> ``Attention`` -> ``SwiGLU`` 
 * Block: two stream connections (attention, FFN) from :mod:`hyperfrac.connections`. The block
   owns the pre-norms and hands the connection a *branch* callable; with ``postnorm`` the
   connection normalises after the add itself, so the block skips its pre-norm.
+* KVCache: keys and values of earlier tokens for incremental decoding. Its two methods
+  (``update``, ``get_seq_length``) are those of transformers' ``DynamicCache``, so either can
+  be passed as ``cache``.
 
 Axis legend: B batch, T time (tokens), D width, H heads / hidden, Dh head width.
 Model code here knows nothing about devices, precision or distribution.
@@ -47,21 +50,29 @@ class Rotary(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head width, got head_dim={head_dim}")
-        self.max_seq_len = max_seq_len
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        t = torch.arange(max_seq_len, dtype=torch.float32)
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = self.tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """Freshly computed (cos, sin), each (max_seq_len, Dh), float32."""
+        dh = self.head_dim
+        exponent = torch.arange(0, dh, 2, dtype=torch.float32, device=device) / dh  # (Dh/2,)
+        inv_freq = 1.0 / self.theta**exponent
+        t = torch.arange(self.max_seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)  # (T, Dh/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, Dh)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        return emb.cos(), emb.sin()
 
-    def forward(self, T: int) -> tuple[Tensor, Tensor]:
-        if T > self.max_seq_len:
+    def forward(self, T: int, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """Tables for positions ``offset .. offset+T-1`` (offset > 0 when decoding with a cache)."""
+        if offset + T > self.max_seq_len:
             raise ValueError(
-                f"sequence length {T} exceeds max_seq_len={self.max_seq_len}; "
+                f"sequence length {offset + T} exceeds max_seq_len={self.max_seq_len}; "
                 "raise model.max_seq_len"
             )
-        return self.cos[:T], self.sin[:T]
+        return self.cos[offset : offset + T], self.sin[offset : offset + T]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -70,6 +81,33 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one entry per attention layer.
+
+    Same interface as transformers' ``DynamicCache`` (``update``, ``get_seq_length``), so the
+    HF wrapper hands its cache straight to the model.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.keys[layer_idx].shape[-2] if layer_idx < len(self.keys) else 0
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *_args) -> tuple[Tensor, Tensor]:
+        """Append k, v (B, Hkv, T, Dh) of layer ``layer_idx``; return all keys and values."""
+        if layer_idx == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        elif layer_idx < len(self.keys):
+            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], k], dim=-2)
+            self.values[layer_idx] = torch.cat([self.values[layer_idx], v], dim=-2)
+        else:
+            raise ValueError(f"KVCache: layer {layer_idx} updated before layer {len(self.keys)}")
+        return self.keys[layer_idx], self.values[layer_idx]
 
 
 class Attention(nn.Module):
@@ -86,6 +124,8 @@ class Attention(nn.Module):
         norm_eps: float = 1e-5,
         bias: bool = False,
         causal: bool = True,
+        qkv_bias: bool | None = None,
+        layer_idx: int = 0,
     ) -> None:
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
@@ -96,14 +136,20 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = dim // n_heads
         self.causal = causal
+        self.layer_idx = layer_idx  # index of this layer's entry in a KVCache
         kv_dim = n_kv_heads * self.head_dim
-        self.qkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
+        qkv_bias = bias if qkv_bias is None else qkv_bias  # Qwen2: bias on QKV only
+        self.qkv = nn.Linear(dim, dim + 2 * kv_dim, bias=qkv_bias)
         self.out = nn.Linear(dim, dim, bias=bias)
         # OLMo-2 / OLMoE QK-norm: one norm over the full projected q (and k) width.
         self.q_norm = build_norm(norm, dim, eps=norm_eps) if qk_norm else None
         self.k_norm = build_norm(norm, kv_dim, eps=norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x: (B, T, D). With a ``cache``, x holds the T newest tokens, ``rope`` their positions,
+        and the keys/values of earlier tokens come from the cache (which is updated)."""
         B, T, D = x.shape
         kv_dim = self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
@@ -114,8 +160,16 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        causal, mask = self.causal, None
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, S, Dh), S = past + T
+            S = k.shape[-2]
+            if S > T and causal:  # query i sits at position S - T + i
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, enable_gqa=self.n_kv_heads != self.n_heads
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
         )  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.out(y)
@@ -162,12 +216,16 @@ class Block(nn.Module):
         self.ffn_norm = ffn_norm if ffn_conn.uses_prenorm else None
 
     def forward(
-        self, h: Tensor, rope: tuple[Tensor, Tensor] | None = None, aux: list | None = None
+        self,
+        h: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        aux: list | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         def attn_branch(x: Tensor) -> Tensor:
             if self.attn_norm is not None:
                 x = self.attn_norm(x)
-            return self.attn(x, rope)
+            return self.attn(x, rope) if cache is None else self.attn(x, rope, cache)
 
         def ffn_branch(x: Tensor) -> Tensor:
             if self.ffn_norm is not None:

@@ -36,7 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperfrac.models.layers import NORMS, Attention, Block, Rotary, SwiGLU, build_norm, init_linear
+from hyperfrac.models.layers import (
+    NORMS,
+    Attention,
+    Block,
+    KVCache,
+    Rotary,
+    SwiGLU,
+    build_norm,
+    init_linear,
+)
 from hyperfrac.models.moe import MoE
 
 
@@ -88,12 +97,18 @@ class LMConfig:
     """Learnable norm weights. False = parameter-free norm (OLMo-1B/7B)."""
     norm_eps: float = 1e-5
     """Norm epsilon."""
+    final_norm_eps: float | None = None
+    """Epsilon of the final norm; None = ``norm_eps``. Converted HC/mHC models use
+    ``n_streams**2 * norm_eps``: the final norm then sees the sum of n equal streams exactly as
+    the source model saw one (see docs/huggingface.md)."""
     qk_norm: bool = False
     """Normalise projected queries and keys (OLMo-2, OLMoE)."""
     tie_embeddings: bool = True
     """Share the embedding matrix with the LM head."""
     bias: bool = False
     """Biases in the linear layers (OLMo: none)."""
+    qkv_bias: bool | None = None
+    """Bias on the fused QKV projection; None = ``bias``. Qwen2: True with ``bias: false``."""
     init_std: float = 0.02
     """Std of the truncated-normal init; branch output projections get × conn.output_scale."""
     connection: dict[str, Any] = field(default_factory=lambda: {"kind": "residual"})
@@ -159,6 +174,8 @@ class TransformerLM(nn.Module):
                 norm=cfg.norm,
                 norm_eps=cfg.norm_eps,
                 bias=cfg.bias,
+                qkv_bias=cfg.qkv_bias,
+                layer_idx=i,
             )
             if cfg.moe is None:
                 ffn: nn.Module = SwiGLU(D, cfg.resolved_mlp_hidden(), bias=cfg.bias)
@@ -186,7 +203,8 @@ class TransformerLM(nn.Module):
                 )
             )
         self.blocks = nn.ModuleList(blocks)
-        self.norm = build_norm(cfg.norm, D, eps=cfg.norm_eps, affine=cfg.norm_affine)
+        final_eps = cfg.norm_eps if cfg.final_norm_eps is None else cfg.final_norm_eps
+        self.norm = build_norm(cfg.norm, D, eps=final_eps, affine=cfg.norm_affine)
         self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -218,16 +236,25 @@ class TransformerLM(nn.Module):
                 init_linear(block.ffn.w_out, ffn_std)
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, *, ignore_index: int = -100
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        cache: KVCache | None = None,
     ) -> LMOutput:
-        """idx: (B, T) token ids; targets: (B, T) next-token ids or None."""
+        """idx: (B, T) token ids; targets: (B, T) next-token ids or None.
+
+        With a ``cache`` (:class:`~hyperfrac.models.layers.KVCache` or a transformers
+        ``DynamicCache``) idx holds only the new tokens; their positions continue after the
+        cached ones and the cache is extended in place."""
         B, T = idx.shape
-        rope = self.rotary(T)
+        rope = self.rotary(T, cache.get_seq_length() if cache is not None else 0)
         x = self.embed(idx)  # (B, T, D)
         h = self.streams.expand(x)  # HC: (B, T, n, D); FC: (B, T, m, D/m); residual: (B, T, D)
         aux: list[dict[str, Tensor]] = []
         for block in self.blocks:
-            h = block(h, rope, aux)
+            h = block(h, rope, aux) if cache is None else block(h, rope, aux, cache)
         x = self.norm(self.streams.reduce(h))  # (B, T, D)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None

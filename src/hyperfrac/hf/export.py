@@ -1,0 +1,166 @@
+"""Write HuggingFace model folders: weights, config, tokenizer and the remote-code bundle.
+
+A folder written by :func:`save_hf` loads in two ways:
+
+* with hyperfrac installed: ``import hyperfrac.hf`` registers the ``hyperfrac`` model type
+  with ``AutoConfig`` / ``AutoModelForCausalLM``;
+* without it: ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``. The
+  folder carries ``configuration_hyperfrac.py``, ``modeling_hyperfrac.py`` and copies of the
+  model's own source files (connections, layers, MoE, LM), with ``hyperfrac.*`` imports
+  rewritten to relative ones; ``config.json``'s ``auto_map`` points at the two classes. The
+  code that runs is therefore the code that trained the model, fused kernels included.
+
+:func:`export_run` turns a training run (latest checkpoint + its config + its dataset's
+tokenizer) into such a folder; it is what ``hyperfrac export RUN_DIR OUT_DIR`` runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import hyperfrac
+
+# bundled file name -> source file, relative to the hyperfrac package
+BUNDLE: dict[str, str] = {
+    "configuration_hyperfrac.py": "hf/configuration_hyperfrac.py",
+    "modeling_hyperfrac.py": "hf/modeling_hyperfrac.py",
+    "functional.py": "connections/functional.py",
+    "base.py": "connections/base.py",
+    "residual.py": "connections/residual.py",
+    "hyper.py": "connections/hyper.py",
+    "frac.py": "connections/frac.py",
+    "mhc.py": "connections/mhc.py",
+    "registry.py": "connections/registry.py",
+    "layers.py": "models/layers.py",
+    "moe.py": "models/moe.py",
+    "lm.py": "models/lm.py",
+}
+AUTO_MAP = {
+    "AutoConfig": "configuration_hyperfrac.HyperfracConfig",
+    "AutoModelForCausalLM": "modeling_hyperfrac.HyperfracForCausalLM",
+}
+# files transformers loads by name (auto_map); they name every other bundled module
+AUTO_ENTRY_FILES = ("configuration_hyperfrac.py", "modeling_hyperfrac.py")
+# `from <package> import ...` of a package's public names: which bundled module defines them
+_PACKAGE_HOME = {"hyperfrac.connections": "registry", "hyperfrac.models": "lm"}
+_FROM = re.compile(r"^(?P<indent>\s*)from (?P<mod>hyperfrac(?:\.\w+)*) import (?P<names>.+)$")
+
+
+def _rewrite_line(line: str) -> str:
+    m = _FROM.match(line)
+    if not m:
+        return line
+    indent, mod, names = m["indent"], m["mod"], m["names"]
+    if mod == "hyperfrac.connections" and names.strip() == "functional as HF":
+        return f"{indent}from . import functional as HF"
+    if mod in _PACKAGE_HOME:
+        return f"{indent}from .{_PACKAGE_HOME[mod]} import {names}"
+    stem = mod.rsplit(".", 1)[-1] + ".py"
+    if stem not in BUNDLE:
+        raise RuntimeError(
+            f"remote-code bundle: {mod} is imported but not bundled; add it to BUNDLE"
+        )
+    return f"{indent}from .{stem[:-3]} import {names}"
+
+
+def bundle_source(name: str) -> str:
+    """Source of bundled file ``name`` with every ``hyperfrac`` import made relative."""
+    root = Path(hyperfrac.__file__).parent
+    text = (root / BUNDLE[name]).read_text()
+    out = "\n".join(_rewrite_line(line) for line in text.split("\n"))
+    if name in AUTO_ENTRY_FILES:
+        # transformers copies only the modules an entry file names as `from .x import ...`
+        # (not recursively, in some versions): name every bundled module here.
+        links = "".join(
+            f"from .{m[:-3]} import __name__ as _bundled_{m[:-3]}  # noqa: F401, E402\n"
+            for m in BUNDLE
+            if m not in AUTO_ENTRY_FILES
+        )
+        future = "from __future__ import annotations\n"
+        if future not in out:
+            raise RuntimeError(f"remote-code bundle: {name} lacks `{future.strip()}`")
+        out = out.replace(future, future + links, 1)
+    if re.search(r"^\s*(from|import) hyperfrac\b", out, flags=re.MULTILINE):
+        raise RuntimeError(f"remote-code bundle: {name} still imports hyperfrac")
+    return out
+
+
+def write_remote_code(out_dir: Path) -> list[Path]:
+    """Write the remote-code bundle into ``out_dir``; returns the written paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in BUNDLE:
+        (out_dir / name).write_text(bundle_source(name))
+        written.append(out_dir / name)
+    return written
+
+
+def save_hf(model, out_dir: Path, *, tokenizer=None, remote_code: bool = True) -> Path:
+    """``model.save_pretrained`` (safetensors) + the remote-code bundle + ``tokenizer``.
+
+    ``tokenizer`` is a transformers tokenizer, a path to a ``tokenizer.json`` (hyperfrac's
+    byte-level BPE; saved as a fast tokenizer with ``<|endoftext|>`` as EOS) or None.
+    """
+    out_dir = Path(out_dir)
+    if remote_code:
+        model.config.auto_map = dict(AUTO_MAP)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if remote_code:
+        write_remote_code(out_dir)
+    if tokenizer is not None:
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_bpe_tokenizer(Path(tokenizer))
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_bpe_tokenizer(path: Path):
+    """hyperfrac's ``tokenizer.json`` as a transformers fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    from hyperfrac.data.tokenizer import EOS
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+
+
+def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any, Path | None]:
+    """(TransformerLM with the checkpoint's weights, RunConfig, tokenizer.json or None)."""
+    from hyperfrac.models.lm import TransformerLM
+    from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint
+    from hyperfrac.train.config import RunConfig, from_dict
+    from hyperfrac.train.trainer import resolve_data_path
+
+    run_dir = Path(run_dir)
+    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
+            "written by `hyperfrac train`?"
+        )
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
+    model = TransformerLM(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    tok = resolve_data_path(cfg) / "tokenizer.json"
+    return model, cfg, tok if tok.is_file() else None
+
+
+def export_run(
+    run_dir: Path, out_dir: Path, *, checkpoint: Path | None = None, tokenizer: Path | None = None
+) -> Path:
+    """A training run -> HuggingFace model folder (see the module docstring)."""
+    from hyperfrac.hf.configuration_hyperfrac import HyperfracConfig
+    from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
+
+    lm, cfg, tok = load_run(run_dir, checkpoint)
+    hf = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg.model))
+    hf.model.load_state_dict(lm.state_dict())
+    tokenizer = tokenizer or tok
+    if tokenizer is None:
+        print(f"[export] no tokenizer.json found for {run_dir}; exporting the model only")
+    return save_hf(hf, out_dir, tokenizer=tokenizer)

@@ -1,0 +1,7 @@
+"""Shared pieces of the HuggingFace tests (skipped when transformers is not installed)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
