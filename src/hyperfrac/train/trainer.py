@@ -41,10 +41,13 @@ from torch import nn
 
 from hyperfrac.data.loader import TokenLoader
 from hyperfrac.data.prepare import dataset_dir, load_meta, open_tokens
+from hyperfrac.data.vision import ImageLoader, image_dataset_dir, load_images
 from hyperfrac.eval.lm import evaluate_lm
+from hyperfrac.eval.vision import evaluate_classifier
 from hyperfrac.models.lm import TransformerLM, count_params
+from hyperfrac.models.vit import ViT
 from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hyperfrac.train.config import RunConfig, dump_config
+from hyperfrac.train.config import IMAGE_KINDS, RunConfig, dump_config
 from hyperfrac.train.metrics import MetricsLogger, format_duration
 from hyperfrac.train.optim import build_optimizer, build_scheduler
 from hyperfrac.train.stability import NonFiniteError, SpikeMonitor
@@ -57,6 +60,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_data_path(cfg: RunConfig) -> Path:
+    if cfg.data.kind in IMAGE_KINDS:
+        return Path(cfg.data.path) if cfg.data.path else image_dataset_dir(cfg.data.kind)
     return (
         Path(cfg.data.path) if cfg.data.path else dataset_dir(cfg.data.corpus, cfg.data.vocab_size)
     )
@@ -87,6 +92,39 @@ class Trainer:
         _seed_everything(cfg.seed)
 
         self.data_path = resolve_data_path(cfg)
+        self.is_image = cfg.data.kind in IMAGE_KINDS
+        self.model: nn.Module
+        if self.is_image:
+            self._setup_images()
+        else:
+            self._setup_text()
+        self.n_params = count_params(self.model)
+        wrapped: nn.Module = self.model
+        if self.world_size > 1:
+            wrapped = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.ddp = wrapped if self.world_size > 1 else None
+        self.train_model = torch.compile(wrapped) if cfg.train.compile else wrapped
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.monitor = SpikeMonitor(
+            cfg.train.spike_window, cfg.train.spike_sigma, cfg.train.spike_min_history
+        )
+        self.step = 0
+        self.tokens_seen = 0
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.history: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config_yaml = dump_config(cfg)
+        self.resumed_from: Path | None = None
+        self._maybe_resume()
+
+    def _setup_text(self) -> None:
+        cfg = self.cfg
         try:
             self.meta = load_meta(self.data_path)
         except FileNotFoundError as e:
@@ -105,20 +143,9 @@ class Trainer:
         self.val_tokens = open_tokens(self.data_path, "val")
         self.token_bytes = np.load(self.data_path / "token_bytes.npy")
         split = self.meta["splits"]["train"]
-        self.bytes_per_token = split["bytes"] / split["tokens"]
-
-        self.model: TransformerLM = TransformerLM(cfg.model).to(self.device)
-        self.n_params = count_params(self.model)
-        wrapped: nn.Module = self.model
-        if self.world_size > 1:
-            wrapped = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.ddp = wrapped if self.world_size > 1 else None
-        self.train_model = torch.compile(wrapped) if cfg.train.compile else wrapped
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
-        self.loader = TokenLoader(
+        self.bytes_per_token: float | None = split["bytes"] / split["tokens"]
+        self.model = TransformerLM(cfg.model).to(self.device)
+        self.loader: TokenLoader | ImageLoader = TokenLoader(
             self.train_tokens,
             cfg.data.seq_len,
             cfg.train.batch_size,
@@ -126,20 +153,33 @@ class Trainer:
             rank=self.rank,
             world_size=self.world_size,
         )
-        self.monitor = SpikeMonitor(
-            cfg.train.spike_window, cfg.train.spike_sigma, cfg.train.spike_min_history
+
+    def _setup_images(self) -> None:
+        """Image classification (ViT): train on the train images, validate on the test set."""
+        cfg = self.cfg
+        self.train_images, self.train_labels = load_images(self.data_path, "train")
+        self.val_images, self.val_labels = load_images(self.data_path, "test")
+        shape = self.train_images.shape[1:]
+        if shape != (cfg.model.image_size, cfg.model.image_size) or cfg.model.in_channels != 1:
+            raise ValueError(
+                f"the images at {self.data_path} are {shape} with 1 channel but model.image_size="
+                f"{cfg.model.image_size}, model.in_channels={cfg.model.in_channels}"
+            )
+        if int(self.train_labels.max()) >= cfg.model.num_classes:
+            raise ValueError(
+                f"labels go up to {int(self.train_labels.max())} but model.num_classes="
+                f"{cfg.model.num_classes}"
+            )
+        self.bytes_per_token = None
+        self.model = ViT(cfg.model).to(self.device)
+        self.loader = ImageLoader(
+            self.train_images,
+            self.train_labels,
+            cfg.train.batch_size,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
         )
-        self.step = 0
-        self.tokens_seen = 0
-        self.skipped_steps = 0
-        self.consecutive_skips = 0
-        self.history: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self.run_dir = cfg.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.config_yaml = dump_config(cfg)
-        self.resumed_from: Path | None = None
-        self._maybe_resume()
 
     # ------------------------------------------------------------------------------ state
 
@@ -220,6 +260,20 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @property
+    def _sample_size(self) -> int:
+        """Tokens per sequence (text) or 1 per image: ``tokens`` counts images for a ViT."""
+        return 1 if self.is_image else self.cfg.data.seq_len
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+        """(loss, aux loss, MoE statistics) of one micro-batch."""
+        if self.is_image:
+            logits = self.train_model(x)  # (B, classes)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            return loss, loss.new_zeros(()), {}
+        out = self.train_model(x, y)
+        return out.loss, out.aux_loss, out.moe_stats
+
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (``grad_accum`` micro-batches); returns its metrics."""
         cfg = self.cfg
@@ -236,11 +290,11 @@ class Trainer:
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
                 with self._autocast():
-                    out = self.train_model(x, y)
-                ((out.loss + out.aux_loss) / accum).backward()
-            ce += out.loss.detach() / accum
-            aux += out.aux_loss.detach() / accum
-            for k, v in out.moe_stats.items():
+                    loss, aux_loss, moe_stats = self._forward(x, y)
+                ((loss + aux_loss) / accum).backward()
+            ce += loss.detach() / accum
+            aux += aux_loss.detach() / accum
+            for k, v in moe_stats.items():
                 moe[k] = moe.get(k, 0) + v.detach().float() / accum
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -259,7 +313,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.step += 1
-        self.tokens_seen += accum * cfg.train.batch_size * cfg.data.seq_len * self.world_size
+        self.tokens_seen += accum * cfg.train.batch_size * self._sample_size * self.world_size
         rec: dict[str, Any] = {
             "step": self.step,
             "loss": loss,
@@ -327,6 +381,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         cfg = self.cfg
+        if self.is_image:
+            return self._evaluate_images()
         res = evaluate_lm(
             self.model,
             self.val_tokens,
@@ -353,6 +409,32 @@ class Trainer:
                 "tokens": int(n_tok),
                 "bytes": int(n_bytes),
             }
+        return res
+
+    def _evaluate_images(self) -> dict[str, float]:
+        """Test-set loss and top-1 accuracy (summed over ranks)."""
+        cfg = self.cfg
+        res = evaluate_classifier(
+            self.model,
+            self.val_images,
+            self.val_labels,
+            batch_size=cfg.eval.batch_size,
+            max_batches=cfg.eval.max_batches,
+            device=self.device,
+            precision=cfg.train.precision,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        if self.world_size > 1:
+            t = torch.tensor(
+                [res["loss"] * res["n"], res["correct"], res["n"]],
+                dtype=torch.float64,
+                device=self.device,
+            )
+            dist.all_reduce(t)
+            nll, correct, n = t.tolist()
+            res = {**res, "loss": nll / n, "accuracy": correct / n, "correct": int(correct)}
+            res["n"] = int(n)
         return res
 
     # --------------------------------------------------------------------------------- fit
@@ -384,7 +466,7 @@ class Trainer:
             + (f" | resumed from {self.resumed_from.name}" if self.resumed_from else "")
         )
         tokens_per_step = (
-            cfg.train.grad_accum * cfg.train.batch_size * cfg.data.seq_len * self.world_size
+            cfg.train.grad_accum * cfg.train.batch_size * self._sample_size * self.world_size
         )
         window: list[float] = []
         t_window = time.perf_counter()
@@ -412,18 +494,21 @@ class Trainer:
                         {
                             "tokens": self.tokens_seen,
                             "loss_avg": avg,
-                            "bpb": avg / math.log(2) / self.bytes_per_token,
                             "tok_per_s": tps,
                             "elapsed_s": time.perf_counter() - t_start,
                             "eta_s": eta,
                             "skipped_steps": self.skipped_steps,
                         }
                     )
+                    if self.bytes_per_token:
+                        rec["bpb"] = avg / math.log(2) / self.bytes_per_token
                     log.record(rec)
+                    bpb = f"bpb {rec['bpb']:.3f} | " if "bpb" in rec else ""
+                    unit = "img" if self.is_image else "tok"
                     line = (
                         f"step {self.step:>{len(str(total))}}/{total} | loss {avg:.4f} | "
-                        f"bpb {rec['bpb']:.3f} | lr {rec['lr']:.2e} | gnorm "
-                        f"{rec['grad_norm']:.3f} | {tps / 1e3:.2f}k tok/s | "
+                        f"{bpb}lr {rec['lr']:.2e} | gnorm "
+                        f"{rec['grad_norm']:.3f} | {tps / 1e3:.2f}k {unit}/s | "
                         f"eta {format_duration(eta)}"
                     )
                     if "moe_lb_loss" in rec:
@@ -440,17 +525,17 @@ class Trainer:
                 paused = time.perf_counter()
                 if (cfg.eval.interval and self.step % cfg.eval.interval == 0) or self.step == total:
                     last_val = self.evaluate()
+                    shown = [k for k in ("loss", "bpb", "accuracy") if k in last_val]
                     log.record(
                         {
                             "step": self.step,
-                            "val_loss": last_val["loss"],
-                            "val_bpb": last_val["bpb"],
+                            **{f"val_{k}": last_val[k] for k in shown},
                             "tokens": self.tokens_seen,
                         }
                     )
                     log.print(
-                        f"step {self.step} | val loss {last_val['loss']:.4f} | "
-                        f"val bpb {last_val['bpb']:.4f}"
+                        f"step {self.step} | "
+                        + " | ".join(f"val {k} {last_val[k]:.4f}" for k in shown)
                     )
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
@@ -468,7 +553,12 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "train_loss": self.history[-1]["loss"] if self.history else None,
             "val_loss": last_val["loss"] if last_val else None,
-            "val_bpb": last_val["bpb"] if last_val else None,
+            "val_bpb": last_val.get("bpb") if last_val else None,
+            **(
+                {"val_accuracy": last_val["accuracy"] if last_val else None}
+                if self.is_image
+                else {}
+            ),
             "finished": self.step >= total,
         }
         if self.is_main:
