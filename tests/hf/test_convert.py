@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+
+pytest.importorskip("transformers")
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -18,6 +20,8 @@ from transformers import (
 from hyperfrac.cli import main
 from hyperfrac.hf import HyperfracConfig, HyperfracForCausalLM
 from hyperfrac.hf.convert import convert_hf_model, convert_state_dict, lm_config_from_hf
+
+from .helpers import load_without_hyperfrac
 
 SHAPE = dict(
     vocab_size=128,
@@ -96,7 +100,8 @@ def test_converted_model_trains_its_connections() -> None:
     idx = tokens()
     dst(idx, labels=idx).loss.backward()
     conn = dst.model.blocks[1].ffn_conn
-    for name in ("static_alpha", "static_beta", "dynamic_alpha", "alpha_scale"):
+    # (s_alpha, s_beta get zero gradient at init: they multiply tanh(0 * ...) = 0)
+    for name in ("static_alpha", "static_beta", "dynamic_alpha", "dynamic_beta"):
         g = getattr(conn, name).grad
         assert g is not None and g.abs().sum() > 0, name
     # weights were copied, not re-initialised with HC's sqrt(n) output-projection std
@@ -149,3 +154,29 @@ def test_convert_cli_with_check(tmp_path, capsys) -> None:
     diff = float(re.search(r"difference\D+([0-9.e+-]+)", text).group(1))
     assert diff < 1e-5
     assert (out / "model.safetensors").is_file() and (out / "modeling_hyperfrac.py").is_file()
+
+
+def test_converted_folder_loads_without_hyperfrac(tmp_path) -> None:
+    """convert -> folder -> trust_remote_code load in an interpreter without hyperfrac: the
+    logits still equal the source Llama's, and HF generate() with its cache runs."""
+    src = source("llama-tied")
+    src.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "mhc"
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "llama"),
+                str(out),
+                "--connection",
+                "{kind: mhc, n_streams: 4}",
+            ]
+        )
+        == 0
+    )
+    idx = tokens()
+    res = load_without_hyperfrac(out, idx, tmp_path)
+    with torch.no_grad():
+        ref = src(idx).logits
+    assert (torch.tensor(res["logits"]) - ref).abs().max().item() < 1e-5
+    assert len(res["generated"][0]) == idx.shape[1] + 8

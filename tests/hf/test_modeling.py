@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+
+pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hyperfrac.generate import generate
