@@ -102,7 +102,7 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
                           for p in model.parameters() if p.grad is not None))
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return {"names": names, "sublayer": norms, "total": total, "loss": float(out.loss)}
+    return {"names": names, "sublayer": norms, "total": total, "loss": float(out.loss.detach())}
 
 
 def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:

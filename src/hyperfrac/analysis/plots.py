@@ -157,7 +157,7 @@ def _heatmap(ax, m: np.ndarray, vmax: float, title: str, annotate: bool):
             for j in range(J * R):
                 if not mask[k, j]:
                     v = img[k, j]
-                    ax.text(j, k, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                    ax.text(j, k, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
                             color="white" if abs(v) > 0.6 * vmax else "black")
     ax.set(xlabel="output of (0 = embedding)", ylabel="input of sublayer", title=title)
     return im
@@ -191,8 +191,9 @@ def plot_unfolded(name: str, result: dict[str, Any], out_dir: Path,
         vmax_s = float(np.abs(per).max()) or 1.0
         cols = min(S, 4)
         rows = int(np.ceil(S / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * size * 0.8, rows * size * 0.8 + 0.4),
-                                 squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * size * 0.8 + 1.5,
+                                                      rows * size * 0.8 + 1.0),
+                                 squeeze=False, layout="constrained")
         for s in range(rows * cols):
             ax = axes[s // cols][s % cols]
             if s >= S:
@@ -200,8 +201,8 @@ def plot_unfolded(name: str, result: dict[str, Any], out_dir: Path,
                 continue
             im = _heatmap(ax, per[s], vmax_s, f"stream {s}", annotate=False)
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7)
-        fig.suptitle(f"{label}: unfolded matrix per stream (HC Eq. 28-29, Fig. 13); "
-                     "panels sum to the full matrix")
+        fig.suptitle(f"{label}: unfolded matrix per stream (HC Eq. 28-29, Fig. 13)\n"
+                     "the panels sum to the full matrix")
         p = out_dir / f"unfolded_streams_{safe_name(name)}.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)
@@ -222,10 +223,17 @@ def plot_amax(results: Results, path: Path, labels: dict[str, str] | None = None
                     label=f"{_label(labels, name)} forward")
             ax.plot(x, g[f"{kind}_backward"], "--", color=colors[name], lw=1.2,
                     label=f"{_label(labels, name)} backward")
+    values = [v for runs in results.values() for k, v in runs[0]["probe"]["amax"].items()]
+    flat = [x for v in values for x in v]
+    wide = max(flat) / max(min(flat), 1e-12) > 10  # log axis only over a wide range
+    n = max(len(v) for v in values)
+    names = _sublayer_names(n)
     for ax, kind in zip(axes, ("single-layer H_res", "composite H_res^l…H_res^1"), strict=True):
-        ax.set_yscale("log")
-        ax.set(xlabel="sublayer", ylabel="Amax gain (max abs row / column sum)",
-               title=f"Amax gain, {kind}")
+        if wide:
+            ax.set_yscale("log")
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set(ylabel="Amax gain (max abs row / column sum)", title=f"Amax gain, {kind}")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.grid(alpha=0.3, which="both")
     axes[1].legend(fontsize=7, ncol=2)

@@ -115,23 +115,26 @@ def train_in_process(cfg) -> dict[str, Any]:
 
 
 def train_subprocess(cfg, config_path: Path) -> dict[str, Any]:
-    """Train one arm in a child process (``python -m hyperfrac.compare.worker``) so its peak
-    resident memory (``ru_maxrss`` of that child) is measured on its own."""
+    """Train one arm in a child process (``python -m hyperfrac.compare.worker``) so that its
+    peak resident memory is measured on its own (the child's ``VmHWM``)."""
     cmd = [sys.executable, "-m", "hyperfrac.compare.worker", str(config_path)]
+    worker_json = cfg.run_dir / "compare_worker.json"
+    worker_json.unlink(missing_ok=True)
     proc = subprocess.Popen(cmd)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        rc = proc.wait()
     except KeyboardInterrupt:
         proc.wait()
         raise
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if rc != 0:
         raise RuntimeError(
-            f"training {cfg.name} failed (exit code {proc.returncode}); its log is above. "
+            f"training {cfg.name} failed (exit code {rc}); its log is above. "
             f"Re-run to resume from {cfg.run_dir / 'checkpoints'}"
         )
     summary = _summary(cfg.run_dir) or {}
-    return {**summary, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux: KiB
+    peak = json.loads(worker_json.read_text()).get("peak_rss_mb") if worker_json.is_file() \
+        else None
+    return {**summary, "peak_rss_mb": peak}
 
 
 # ------------------------------------------------------------------------------ estimate

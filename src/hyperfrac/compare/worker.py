@@ -2,13 +2,15 @@
 
 ``python -m hyperfrac.compare.worker CONFIG.yaml`` builds the trainer with the seed's shared
 branch initialisation (:func:`hyperfrac.compare.driver.build_trainer`), trains (resuming the
-run folder's latest checkpoint) and exits; the parent reads ``summary.json`` and this
-process's peak resident memory.
+run folder's latest checkpoint), writes its peak resident memory to
+``RUN/compare_worker.json`` and exits; the parent reads that and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     from hyperfrac.compare.driver import build_trainer
     from hyperfrac.train.config import load_config
 
-    build_trainer(load_config(args[0])).fit()
+    cfg = load_config(args[0])
+    build_trainer(cfg).fit()
+    (cfg.run_dir / "compare_worker.json").write_text(json.dumps({"peak_rss_mb": peak_rss_mb()}))
     return 0
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process's own address space (``VmHWM``; unlike
+    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":
