@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-items", type=int, help="cap the items per suite (default: 500/500/1000)")
     p.add_argument("--text", type=Path, help="report bits-per-byte on this UTF-8 text file only")
+    # lm-evaluation-harness (hyperfrac.hf.lm_eval; also takes export/convert folders)
+    p.add_argument("--lm-eval", metavar="TASKS", help="run these lm-eval tasks (comma-separated)")
+    p.add_argument("--lm-eval-include", type=Path, metavar="DIR", help="extra lm-eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="lm-eval: documents per task")
     p.set_defaults(func=_eval)
 
 
@@ -39,6 +43,10 @@ def _eval(args: argparse.Namespace) -> int:
     from hyperfrac.eval.run import evaluate_run, evaluate_text
     from hyperfrac.eval.suites import SUITES
 
+    if args.lm_eval:
+        from hyperfrac.hf.lm_eval import lm_eval_command
+
+        return lm_eval_command(args)
     if args.text is not None:
         res = evaluate_text(
             args.run_dir,

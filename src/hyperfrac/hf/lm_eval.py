@@ -1,0 +1,110 @@
+"""lm-evaluation-harness on a hyperfrac model: ``hyperfrac eval RUN_DIR --lm-eval TASKS``.
+
+The model is wrapped as ``HyperfracForCausalLM`` and handed to lm-eval's ``HFLM`` as an
+instance (``HFLM(pretrained=model, tokenizer=...)``), then ``lm_eval.simple_evaluate`` runs
+the tasks. ``RUN_DIR`` is a training run (latest checkpoint + the dataset's tokenizer) or a
+folder written by ``hyperfrac export`` / ``convert``.
+
+Hub tasks (``hellaswag``, ``arc_easy``, ...) download their data sets and so need the network.
+Offline, point ``--lm-eval-include`` at a folder of task YAMLs over local files, e.g. a JSONL
+multiple-choice task (see docs/huggingface.md)::
+
+    task: my_mc
+    dataset_path: json
+    dataset_kwargs: {data_files: {test: /abs/path/items.jsonl}}
+    test_split: test
+    output_type: multiple_choice
+    doc_to_text: "{{context}}"
+    doc_to_choice: "{{choices}}"
+    doc_to_target: "{{label}}"
+    metric_list: [{metric: acc}]
+
+Needs ``pip install lm-eval`` (0.4.13 tested; it leaves torch alone). Loglikelihood tasks work;
+``generate_until`` tasks batch with left padding, which hyperfrac models refuse, so run them
+with ``--batch-size 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_for_eval(path: Path, checkpoint: Path | None = None):
+    """(HyperfracForCausalLM, transformers tokenizer) from a run folder or an HF folder."""
+    from transformers import AutoTokenizer
+
+    from hyperfrac.hf.configuration_hyperfrac import HyperfracConfig
+    from hyperfrac.hf.export import load_bpe_tokenizer, load_run
+    from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return HyperfracForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    lm, cfg, tok = load_run(path, checkpoint)
+    if tok is None:
+        raise FileNotFoundError(f"no tokenizer.json for {path}; lm-eval needs the tokenizer")
+    model = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg.model))
+    model.model.load_state_dict(lm.state_dict())
+    return model, load_bpe_tokenizer(tok)
+
+
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    include_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` on a ``HyperfracForCausalLM``; returns its ``results``."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as e:
+        raise ImportError("--lm-eval needs lm-evaluation-harness: pip install lm-eval") from e
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = HFLM(
+        pretrained=model.eval(),
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=model.config.max_seq_len,
+    )
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    out = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
+    return out["results"]
+
+
+def lm_eval_command(args: argparse.Namespace) -> int:
+    """The ``--lm-eval`` branch of ``hyperfrac eval``."""
+    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+    if not tasks:
+        raise SystemExit("--lm-eval needs at least one task name")
+    model, tok = load_for_eval(args.run_dir, args.checkpoint)
+    res = run_lm_eval(
+        model,
+        tok,
+        tasks,
+        include_path=args.lm_eval_include,
+        limit=args.lm_eval_limit,
+        batch_size=args.batch_size or 1,
+    )
+    print(json.dumps(res, indent=2, default=str))
+    if (args.run_dir / "checkpoints").is_dir():
+        (args.run_dir / "lm_eval.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return 0
