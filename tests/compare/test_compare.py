@@ -111,6 +111,10 @@ def test_interrupted_compare_resumes_without_retraining(tiny_dataset, tmp_path, 
                     log=lambda m: None)
     assert calls == ["residual-seed0", "dhc2-seed0"]
     assert not (tmp_path / "results.json").exists()
+    # --report-only: a report of what has finished, nothing trained
+    part = run_compare(spec, tmp_path, isolate=False, estimate=False, eval_batches=2,
+                       train=False, log=lambda m: None)
+    assert [r["arm"] for r in part["runs"]] == ["residual"] and calls == calls[:2]
     resumed = []
 
     def counting(cfg):

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="retrain runs whose config differs from the folder's instead of stopping")
     p.add_argument("--no-estimate", action="store_true", help="skip the timed calibration steps")
     p.add_argument("--eval-batches", type=int, help="cap validation batches per evaluation")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing; write the report from the runs finished so far")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="print the arms and the first arm's resolved config and exit")
@@ -89,6 +91,7 @@ def _compare(args: argparse.Namespace) -> int:
     from hyperfrac.compare.driver import run_compare
 
     run_compare(spec, out, budget=args.budget, isolate=not args.in_process, force=args.force,
-                estimate=not args.no_estimate, eval_batches=args.eval_batches)
+                estimate=not args.no_estimate, eval_batches=args.eval_batches,
+                train=not args.report_only)
     print((out / "summary.md").read_text())
     return 0

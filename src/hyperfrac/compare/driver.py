@@ -194,13 +194,15 @@ def run_compare(
     estimate: bool = True,
     eval_batches: int | None = None,
     figures: bool = True,
+    train: bool = True,
     log: Log = _say,
 ) -> dict[str, Any]:
     """Train, analyse and report every arm x seed of ``spec`` into ``out``; returns results.
 
     ``isolate`` trains each arm in a child process (measures its peak RSS); ``force`` deletes
     runs trained with a different config instead of refusing; ``estimate`` times two steps per
-    arm first and prints the expected wall time; ``eval_batches`` caps validation batches.
+    arm first and prints the expected wall time; ``eval_batches`` caps validation batches;
+    ``train=False`` trains nothing and reports the runs that have finished so far.
     """
     from hyperfrac.compare.report import write_report
     from hyperfrac.train.config import dump_config
@@ -263,6 +265,13 @@ def run_compare(
     if spec.target_minutes:
         log(f"this preset is sized for about {spec.target_minutes * budget:.0f} min on a 2-core "
             f"CPU{' at this budget' if budget != 1 else ''}")
+    if not train:
+        finished = {(s, a.name) for s, a, _, _ in todo}
+        jobs = [j for j in jobs if (j[0], j[1].name) not in finished]
+        if not jobs:
+            raise FileNotFoundError(f"no finished runs under {runs_dir} to report yet")
+        log(f"report only: {len(jobs)} finished runs, {len(todo)} not finished (left out)")
+        todo = []
     if estimate and todo:
         per_arm: dict[str, float] = {}
         for _, arm, cfg, _ in todo:

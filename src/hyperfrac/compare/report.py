@@ -211,6 +211,7 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
 
         per_arm = {a.name: [r["analysis"] for r in runs if r["arm"] == a.name]
                    for a in spec.arms}
+        per_arm = {k: v for k, v in per_arm.items() if v}  # --report-only: finished arms
         labels = {a.name: a.display for a in spec.arms}
         fig_paths = all_figures(per_arm, out / "figures", reference=spec.baseline,
                                 labels=labels)
