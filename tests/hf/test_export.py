@@ -67,6 +67,9 @@ def test_export_run_loads_as_remote_code_without_hyperfrac(
     torch.testing.assert_close(torch.tensor(res["logits"]), ref, rtol=0, atol=1e-6)
     assert res["generated"] == generate(ours.model, idx, 8, temperature=0).tolist()
     assert isinstance(res["text"], str) and res["text"]
+    # `hyperfrac generate` also takes the exported folder (model + tokenizer from the folder)
+    assert main(["generate", str(out), "--prompt", "The king", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.startswith("The king")
 
 
 def test_generate_cli_on_a_run(tiny_run: Path, capsys) -> None:
