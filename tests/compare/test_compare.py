@@ -190,3 +190,40 @@ def test_compare_cli_dry_run_and_list(capsys):
     text = capsys.readouterr().out
     assert "seeds [0, 1]" in text and "m: {'kind': 'mhc', 'n_streams': 2}" in text
     assert "lr: 0.001" in text
+
+
+def test_vision_compare_on_a_fixture_image_set(tmp_path):
+    vision = pytest.importorskip("hyperfrac.data.vision")
+    if not hasattr(vision, "_write_dataset"):
+        pytest.skip("the issue-4 image dataset writer is not present")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 64), ("test", 32)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):  # a learnable bright square per class
+            images[i, 2 * y: 2 * y + 6, 4:10] = 250
+        arrays[(split, "images")], arrays[(split, "labels")] = images, labels
+    data = vision._write_dataset(tmp_path / "imgs", arrays, {"name": "fixture"})
+    spec = spec_from_dict({
+        "name": "vit", "task": "vision", "seeds": [0],
+        "arms": ["residual", "dhc2=dhc,n_streams=2"],
+        "base": {
+            "data": {"kind": "fashion_mnist", "path": str(data)},
+            "model": {"preset": "vit-fmnist", "dim": 32, "n_layers": 2, "n_heads": 2},
+            "optim": {"lr": 3e-3, "warmup_steps": 1},
+            "train": {"steps": 4, "batch_size": 16, "threads": 1},
+            "eval": {"interval": 2, "batch_size": 32},
+            "checkpoint": {"interval": 2, "keep": 1},
+            "log": {"interval": 1, "progress": "never"},
+        },
+        "analysis": {"windows": 1, "max_tokens": 64},
+    })
+    res = run_compare(spec, tmp_path / "out", isolate=False, log=lambda m: None)
+    assert res["table"]["head"][1] == "test acc"
+    run = res["runs"][1]
+    assert 0 <= run["metrics"]["val_acc"] <= 1 and run["metrics"]["val_bpb"] is None
+    assert len(run["probe"]["cosine"]["median"]) == 2 * 2 - 1
+    assert (tmp_path / "out" / "figures" / "unfolded_streams_dhc2.png").is_file()

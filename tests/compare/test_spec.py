@@ -45,9 +45,16 @@ def test_every_preset_builds_its_arms(name: str, tmp_path: Path):
             TransformerLM(cfg.model)
 
 
-def test_vision_preset_says_not_yet(tmp_path: Path):
+def test_vision_preset_resolves_or_says_not_yet(tmp_path: Path, monkeypatch):
+    import hyperfrac.compare.driver as driver
+
+    spec = load_spec("vit-fmnist")
+    if driver._vision_trainer():  # the issue-4 ViT trainer is present: the config must build
+        cfg = arm_config(spec, spec.arms[1], 0, tmp_path)
+        assert cfg.data.kind == "fashion_mnist" and cfg.model.connection["n_streams"] == 2
+    monkeypatch.setattr(driver, "_vision_trainer", lambda: False)
     with pytest.raises(NotImplementedError, match="not yet"):
-        run_compare(load_spec("vit-fmnist"), tmp_path)
+        run_compare(spec, tmp_path)
 
 
 def test_parse_arm():

@@ -86,13 +86,22 @@ def sublayer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
     return groups
 
 
+def training_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The trainer's objective: LM cross-entropy + MoE aux losses, or a classifier's (ViT)
+    cross-entropy on ``logits = model(images)``."""
+    out = model(x, y) if y.dim() == x.dim() else model(x)
+    if isinstance(out, Tensor):  # classifier logits (B, classes)
+        return torch.nn.functional.cross_entropy(out.float(), y)
+    return out.loss + out.aux_loss
+
+
 def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """L2 norm of the gradient of (loss + aux loss) on ``(x, y)`` per sublayer (fp32)."""
+    """L2 norm of the gradient of the training loss on ``(x, y)`` per sublayer (fp32)."""
     was_training = model.training
     model.train()
     model.zero_grad(set_to_none=True)
-    out = model(x, y)
-    (out.loss + out.aux_loss).backward()
+    loss = training_loss(model, x, y)
+    loss.backward()
     names, norms = [], []
     for name, params in sublayer_groups(model):
         sq = sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None)
@@ -102,7 +111,7 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
                           for p in model.parameters() if p.grad is not None))
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return {"names": names, "sublayer": norms, "total": total, "loss": float(out.loss.detach())}
+    return {"names": names, "sublayer": norms, "total": total, "loss": float(loss.detach())}
 
 
 def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:
@@ -122,8 +131,8 @@ def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: st
     ctx = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-        out = model(x, y)
-    del out
+        loss = training_loss(model, x, y)
+    del loss
     return sum(v for k, v in seen.items() if k not in params)
 
 
@@ -160,7 +169,8 @@ def curves_and_events(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "step": [r["step"] for r in val],
                 "tokens": [r.get("tokens") for r in val],
                 "loss": [r["val_loss"] for r in val],
-                "bpb": [r["val_bpb"] for r in val],
+                "bpb": [r.get("val_bpb") for r in val],
+                "accuracy": [r.get("val_accuracy") for r in val],
             },
         },
         "tok_per_s": statistics.median(rates) if rates else None,
@@ -272,11 +282,6 @@ def analyze_run(
     run_dir = Path(run_dir)
     out_dir = run_dir / "analysis"
     model, cfg, ckpt_path, state = load_run_model(run_dir, checkpoint)
-    if getattr(cfg.data, "kind", "text") != "text":
-        raise NotImplementedError(
-            f"not yet: {run_dir} is an image ({cfg.data.kind}) run; `hyperfrac analyze` and "
-            "`hyperfrac compare` analyse language-model runs only so far"
-        )
     key = {"checkpoint": ckpt_path.name, "windows": windows, "max_tokens": max_tokens,
            "eval_batches": eval_batches, "mc_items": mc_items, "version": ANALYSIS_VERSION}
     cached = out_dir / "analysis.json"
@@ -289,6 +294,12 @@ def analyze_run(
     dev = torch.device(device)
     model.to(dev)
     path = Path(data_path) if data_path else resolve_data_path(cfg)
+    if getattr(cfg.data, "kind", "text") != "text":
+        result = _analyze_images(model, cfg, path, run_dir, dev, windows, max_tokens,
+                                 eval_batches)
+        result.update({"key": key, "checkpoint": str(ckpt_path), "step": int(state["step"]),
+                       "tokens": int(state["tokens"])})
+        return _finish(result, cached, out_dir, write, figures)
     meta = load_meta(path)
     token_bytes = np.load(path / "token_bytes.npy")
     ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
@@ -336,6 +347,11 @@ def analyze_run(
         "grad_norms": gradient_norms(model, x, y),
     }
     result["probe"]["windows"] = int(x.shape[0])
+    return _finish(result, cached, out_dir, write, figures)
+
+
+def _finish(result: dict[str, Any], cached: Path, out_dir: Path, write: bool, figures: bool
+            ) -> dict[str, Any]:
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
@@ -344,6 +360,52 @@ def analyze_run(
     if figures:
         _run_figures(result, out_dir)
     return result
+
+
+def _analyze_images(model: nn.Module, cfg: Any, path: Path, run_dir: Path, dev: torch.device,
+                    windows: int, max_tokens: int | None, eval_batches: int | None
+                    ) -> dict[str, Any]:
+    """The same analyses for an image classifier (ViT, issue 4): test-set accuracy instead of
+    bits per byte; probes on ``8 * windows`` test images (tokens = patches)."""
+    from hyperfrac.data.vision import load_images, to_tensor
+    from hyperfrac.eval.vision import evaluate_classifier
+    from hyperfrac.models.lm import count_params
+
+    images, labels = load_images(path, "test")
+    ev = evaluate_classifier(model, images, labels, batch_size=cfg.eval.batch_size,
+                             max_batches=eval_batches, device=dev,
+                             precision=cfg.train.precision)
+    logged = curves_and_events(read_metrics(run_dir))
+    n = min(8 * windows, len(images))
+    x = to_tensor(images[:n]).to(dev)  # (N, 1, H, W)
+    y = torch.from_numpy(labels[:n].astype(np.int64)).to(dev)  # (N,)
+    bx = to_tensor(images[: cfg.train.batch_size]).to(dev)
+    by = torch.from_numpy(labels[: cfg.train.batch_size].astype(np.int64)).to(dev)
+    metrics = {
+        "val_loss": ev["loss"], "val_bpb": None, "val_acc": ev["accuracy"],
+        "val_tokens": ev["n"], "heldout": {}, "mc": {},
+        "tok_per_s": logged["tok_per_s"],
+        "saved_act_mb": saved_activation_bytes(model, bx, by, cfg.train.precision) / 2**20,
+        "saved_act_batch": [int(bx.shape[0])],
+        "params": count_params(model),
+        "params_non_embedding": count_params(model),
+        **connection_cost(model),
+        "model_flops_per_token": None,
+        "loss_spikes": logged["loss_spikes"],
+        "nonfinite": logged["nonfinite"],
+    }
+    probe = probe_model(model, x, max_tokens=max_tokens)
+    probe["windows"] = n
+    return {
+        "run": str(run_dir),
+        "connection": dict(cfg.model.connection),
+        "model": {"dim": cfg.model.dim, "n_layers": cfg.model.n_layers, "moe": False,
+                  "seq_len": None, "task": "vision"},
+        "metrics": metrics,
+        "curves": logged["curves"],
+        "probe": probe,
+        "grad_norms": gradient_norms(model, x, y),
+    }
 
 
 def _run_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -73,15 +73,18 @@ def plot_loss_curves(results: Results, path: Path, labels: dict[str, str] | None
             ax_t.plot(curves[0]["tokens"][:n], mean, color=c, lw=1.6,
                       label=f"{_label(labels, name)} (n={len(curves)})")
         vals = [r["curves"]["val"] for r in runs if r["curves"]["val"]["step"]]
-        if vals:
-            n = min(len(v["bpb"]) for v in vals)
-            mean = np.mean([v["bpb"][:n] for v in vals], axis=0)
+        key = "bpb" if vals and vals[0]["bpb"][0] is not None else "accuracy"
+        if vals and vals[0].get(key) and vals[0][key][0] is not None:
+            n = min(len(v[key]) for v in vals)
+            mean = np.mean([v[key][:n] for v in vals], axis=0)
+            ax_v.set(ylabel="validation bits per byte" if key == "bpb" else "test accuracy",
+                     title=f"Validation {'bpb' if key == 'bpb' else 'accuracy'} "
+                     "(mean over seeds)")
             ax_v.plot(vals[0]["tokens"][:n], mean, "o-", color=c, lw=1.4, ms=4,
                       label=_label(labels, name))
-    ax_t.set(xlabel="training tokens", ylabel="training loss (nats, interval mean)",
-             title="Training loss (mean over seeds)")
-    ax_v.set(xlabel="training tokens", ylabel="validation bits per byte",
-             title="Validation bpb (mean over seeds)")
+    ax_t.set(xlabel="training tokens (images for a ViT)",
+             ylabel="training loss (nats, interval mean)", title="Training loss (mean over seeds)")
+    ax_v.set(xlabel="training tokens (images for a ViT)")
     for ax in (ax_t, ax_v):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -207,17 +207,11 @@ def run_compare(
     from hyperfrac.compare.report import write_report
     from hyperfrac.train.config import dump_config
 
-    if spec.task == "vision":
-        if not _vision_trainer():
-            raise NotImplementedError(
-                "not yet: comparing ViT arms needs the Fashion-MNIST loader and ViT trainer "
-                "(project issue 4), which are not in this checkout; language-model presets "
-                "work now"
-            )
+    if spec.task == "vision" and not _vision_trainer():
         raise NotImplementedError(
-            "not yet: the ViT trainer exists (data.kind: fashion_mnist), but compare's "
-            "evaluation and analysis handle language-model runs only so far; train the arms "
-            "with `hyperfrac train` and compare with `hyperfrac eval` meanwhile"
+            "not yet: comparing ViT arms needs the Fashion-MNIST loader and ViT trainer "
+            "(project issue 4, data.kind: fashion_mnist), which are not in this checkout; "
+            "language-model presets work now"
         )
     spec = spec.scaled(budget)
     out = Path(out)
@@ -255,11 +249,14 @@ def run_compare(
         if not arm_finished(cfg.run_dir, fp):
             todo.append((seed, arm, cfg, fp))
 
+    c0 = jobs[0][2]
+    per_step = c0.train.batch_size * c0.train.grad_accum * (
+        1 if spec.task == "vision" else c0.data.seq_len)
     log(
         f"{spec.name}: {len(spec.arms)} arms ({', '.join(a.display for a in spec.arms)}) x "
-        f"{len(spec.seeds)} seeds, {jobs[0][2].train.steps} steps x "
-        f"{jobs[0][2].train.batch_size * jobs[0][2].data.seq_len * jobs[0][2].train.grad_accum}"
-        f" tokens each; {len(jobs) - len(todo)} of {len(jobs)} runs already finished"
+        f"{len(spec.seeds)} seeds, {c0.train.steps} steps x {per_step} "
+        f"{'images' if spec.task == 'vision' else 'tokens'} each; "
+        f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished"
         + (f"; budget x{budget:g}" if budget != 1 else "")
     )
     if spec.target_minutes:
@@ -272,6 +269,8 @@ def run_compare(
             raise FileNotFoundError(f"no finished runs under {runs_dir} to report yet")
         log(f"report only: {len(jobs)} finished runs, {len(todo)} not finished (left out)")
         todo = []
+    if spec.task == "vision":
+        estimate = False  # the calibration times language-model steps
     if estimate and todo:
         per_arm: dict[str, float] = {}
         for _, arm, cfg, _ in todo:
@@ -329,6 +328,13 @@ def run_compare(
 def _ensure_data(cfg, log: Log) -> None:
     """Prepare the built-in corpus on first use (``hyperfrac data prepare``, ~10 s)."""
     if cfg.data.path:
+        return
+    if getattr(cfg.data, "kind", "text") != "text":
+        from hyperfrac.data.vision import image_dataset_dir, prepare_images
+
+        if not (image_dataset_dir(cfg.data.kind) / "READY").is_file():
+            log(f"preparing the image dataset {cfg.data.kind}")
+            prepare_images(cfg.data.kind)
         return
     from hyperfrac.data.prepare import dataset_dir, is_ready, prepare
 

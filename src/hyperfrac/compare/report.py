@@ -42,6 +42,7 @@ def _run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     flat: dict[str, float | None] = {
         "val_bpb": m["val_bpb"],
         "val_loss": m["val_loss"],
+        "val_acc": m.get("val_acc"),
         "tok_per_s": m["tok_per_s"],
         "saved_act_mb": m["saved_act_mb"],
         "peak_rss_mb": run.get("peak_rss_mb"),
@@ -110,7 +111,10 @@ def table_rows(spec: CompareSpec, agg: dict[str, Any]) -> tuple[list[str], list[
                     if (k.startswith("heldout_bpb:") or k.startswith("mc:")) and v["n"]})
     heldout = [k for k in extra if k.startswith("heldout_bpb:")]
     mc = [k for k in extra if k.startswith("mc:")]
-    head = ["arm", "val bpb", f"Δ val bpb vs {base}"]
+    vision = any(a["stats"].get("val_acc", {}).get("n") for a in agg.values())
+    head = (["arm", "test acc", f"Δ test acc vs {base}"] if vision
+            else ["arm", "val bpb", f"Δ val bpb vs {base}"])
+    main = "val_acc" if vision else "val_bpb"
     if heldout:
         for k in heldout:
             head += [f"{k.split(':', 1)[1]} bpb", "Δ"]
@@ -125,7 +129,7 @@ def table_rows(spec: CompareSpec, agg: dict[str, Any]) -> tuple[list[str], list[
         st, d, r = a["stats"], a["diff"], a["ratio"]
         is_base = arm.name == base
         row = [f"{arm.display} ({len(a['seeds'])} seed{'s' if len(a['seeds']) != 1 else ''})",
-               fmt(st["val_bpb"]), "—" if is_base else fmt(d["val_bpb"], signed=True)]
+               fmt(st[main]), "—" if is_base else fmt(d[main], signed=True)]
         if heldout:
             for k in heldout:
                 row += [fmt(st[k]), "—" if is_base else fmt(d.get(k), signed=True)]
@@ -249,8 +253,10 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
 def _setting(results: dict[str, Any]) -> str:
     m = results["model"]
     mach = results["machine"]
-    return (f"{m['n_layers']} layers × d={m['dim']}{' MoE' if m['moe'] else ''}, seq "
-            f"{m['seq_len']}, {results['steps']} steps, {results['tokens_per_run']:,} tokens per "
+    unit = "images" if m.get("task") == "vision" else "tokens"
+    seq = f", seq {m['seq_len']}" if m.get("seq_len") else ""
+    return (f"{m['n_layers']} layers × d={m['dim']}{' MoE' if m['moe'] else ''}{seq}, "
+            f"{results['steps']} steps, {results['tokens_per_run']:,} {unit} per "
             f"run; machine: {mach['cpu_count']} CPUs, torch {mach['torch']}; total wall time "
             f"{results['wall_s'] / 60:.1f} min")
 
