@@ -79,6 +79,36 @@ def test_converted_logits_equal_source(arch: str, conn: dict) -> None:
     assert dst.model.blocks[0].attn_conn.kind == conn["kind"]
 
 
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+@pytest.mark.parametrize(
+    "scaling", [{"rope_type": "linear", "factor": 4.0}, LLAMA3_ROPE], ids=["linear", "llama3"]
+)
+def test_scaled_rope_converts(scaling) -> None:
+    """Llama 3.1-style and linear RoPE scaling carry over; positions past the original context
+    (16 here) make the scaled frequencies matter."""
+    src = source("llama", rope_parameters={**scaling, "rope_theta": 500000.0})
+    dst = convert_hf_model(src, {"kind": "dhc", "n_streams": 4}).eval()
+    assert dst.config.to_lm_config().rope_scaling["rope_type"] == scaling["rope_type"]
+    idx = tokens(T=64)
+    with torch.no_grad():
+        a, b = src(idx).logits, dst(idx).logits
+    assert (a - b).abs().max().item() < 1e-5
+    plain = convert_hf_model(
+        source("llama", rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+        {"kind": "residual"},
+    ).eval()
+    with torch.no_grad():
+        assert (plain(idx).logits - a).abs().max().item() > 1e-4  # scaling changes the function
+
+
 def test_hc_needs_the_final_norm_eps_scaled() -> None:
     """Without final_norm_eps = n^2 eps the HC model differs far beyond 1e-5 (random Llama
     hidden states have RMS ~0.02, so eps = 1e-5 is not negligible)."""
@@ -119,7 +149,7 @@ def test_converted_model_trains_its_connections() -> None:
         ("llama", dict(attention_bias=True), {"kind": "hc"}, "attention_bias"),
         (
             "llama",
-            dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+            dict(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}),
             {"kind": "hc"},
             "rope scaling",
         ),

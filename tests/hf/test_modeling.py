@@ -31,7 +31,13 @@ def tiny_cfg(**kw) -> LMConfig:
 
 
 def test_config_round_trip_and_hf_aliases() -> None:
-    lm = tiny_cfg(tie_embeddings=False, moe=MoEConfig(n_experts=4, top_k=2, expert_hidden=16))
+    lm = tiny_cfg(
+        tie_embeddings=False,
+        moe=MoEConfig(n_experts=4, top_k=2, expert_hidden=16),
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+        qkv_bias=True,
+        final_norm_eps=1e-4,
+    )
     c = HyperfracConfig.from_lm_config(lm)
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (32, 2, 4)
     assert c.tie_word_embeddings is False and c.num_key_value_heads == 2

@@ -25,8 +25,9 @@ HF's RoPE uses the same rotate-half layout, so q/k rows are copied as they are. 
 parameters keep their Pre-Norm-equivalent initialisation; every other weight is copied (no
 HC sqrt(n) output-projection init is applied: the copied weights replace it).
 
-Refused with a message: other activations, ``head_dim != hidden_size / heads``, rope scaling
-(llama3, yarn, linear, dynamic ...), ``attention_bias``/``mlp_bias`` on Llama, and
+RoPE scaling ``linear`` and ``llama3`` (Llama 3.1/3.2) carry over (``LMConfig.rope_scaling``).
+Refused with a message: other activations, ``head_dim != hidden_size / heads``, other rope
+scalings (dynamic, yarn, longrope, ...), ``attention_bias``/``mlp_bias`` on Llama, and
 ``postnorm`` (not Pre-Norm). Sliding-window attention (Mistral, Qwen2) equals full attention
 for sequences no longer than the window, so ``max_seq_len`` is capped at the window.
 """
@@ -44,22 +45,29 @@ from hyperfrac.models.lm import LMConfig, build_connection
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def _rope_theta(c: Any) -> float:
-    """RoPE base, refusing every scaled variant (transformers 4: rope_theta/rope_scaling;
-    transformers 5: rope_parameters)."""
-    params = getattr(c, "rope_parameters", None) or {}
-    scaling = getattr(c, "rope_scaling", None) or {}
-    for p in (params, scaling):
-        kind = p.get("rope_type", p.get("type", "default"))
-        if kind != "default":
-            raise ValueError(
-                f"rope scaling {kind!r} is not supported by hyperfrac's RoPE; only the default "
-                "(unscaled) rotary embedding converts exactly"
-            )
+_ROPE_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _rope(c: Any) -> tuple[float, dict[str, Any] | None]:
+    """RoPE base and scaling (transformers 4: rope_theta/rope_scaling; transformers 5:
+    rope_parameters). Scalings other than linear and llama3 are refused."""
+    params = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    kind = params.get("rope_type", params.get("type", "default"))
     theta = params.get("rope_theta", getattr(c, "rope_theta", None))
     if theta is None:
         raise ValueError("source config has no rope_theta")
-    return float(theta)
+    if kind == "default":
+        return float(theta), None
+    if kind not in _ROPE_KEYS:
+        raise ValueError(
+            f"rope scaling {kind!r} is not supported by hyperfrac's RoPE; supported: default, "
+            f"{', '.join(_ROPE_KEYS)}"
+        )
+    scaling = {"rope_type": kind, **{k: params[k] for k in _ROPE_KEYS[kind]}}
+    return float(theta), scaling
 
 
 def lm_config_from_hf(c: Any, connection: dict[str, Any]) -> LMConfig:
@@ -90,6 +98,7 @@ def lm_config_from_hf(c: Any, connection: dict[str, Any]) -> LMConfig:
         for flag in ("attention_bias", "mlp_bias"):
             if getattr(c, flag, False):
                 raise ValueError(f"{flag}=True is not supported (hyperfrac: QKV bias only)")
+    theta, rope_scaling = _rope(c)
     max_len = int(c.max_position_embeddings)
     window = getattr(c, "sliding_window", None)
     if window and (kind != "qwen2" or getattr(c, "use_sliding_window", False)):
@@ -102,7 +111,8 @@ def lm_config_from_hf(c: Any, connection: dict[str, Any]) -> LMConfig:
         n_kv_heads=getattr(c, "num_key_value_heads", None) or H,
         mlp_hidden=c.intermediate_size,
         max_seq_len=max_len,
-        rope_theta=_rope_theta(c),
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
         norm="rmsnorm",
         norm_affine=True,
         norm_eps=float(c.rms_norm_eps),

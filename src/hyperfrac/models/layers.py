@@ -22,6 +22,8 @@ Model code here knows nothing about devices, precision or distribution.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,13 +46,31 @@ class Rotary(nn.Module):
 
     ``cos``/``sin`` are non-persistent buffers of shape (max_seq_len, Dh): they are rebuilt on
     construction and never stored in checkpoints.
+
+    ``scaling`` rescales the frequencies for models trained that way (as in transformers):
+    ``{"rope_type": "linear", "factor": f}`` divides every frequency by f (position
+    interpolation); ``{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}`` divides the low frequencies by ``factor``, keeps the
+    high ones and interpolates in between (Llama 3.1).
     """
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10_000.0) -> None:
+    SCALINGS = ("default", "linear", "llama3")
+
+    def __init__(
+        self,
+        head_dim: int,
+        max_seq_len: int,
+        theta: float = 10_000.0,
+        scaling: dict | None = None,
+    ) -> None:
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head width, got head_dim={head_dim}")
+        kind = (scaling or {}).get("rope_type", "default")
+        if kind not in self.SCALINGS:
+            raise ValueError(f"rope scaling {kind!r} is not supported; choose from {self.SCALINGS}")
         self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self.scaling = dict(scaling or {})
         cos, sin = self.tables()
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -59,7 +79,7 @@ class Rotary(nn.Module):
         """Freshly computed (cos, sin), each (max_seq_len, Dh), float32."""
         dh = self.head_dim
         exponent = torch.arange(0, dh, 2, dtype=torch.float32, device=device) / dh  # (Dh/2,)
-        inv_freq = 1.0 / self.theta**exponent
+        inv_freq = _scale_frequencies(1.0 / self.theta**exponent, self.scaling)  # (Dh/2,)
         t = torch.arange(self.max_seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)  # (T, Dh/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, Dh)
@@ -73,6 +93,27 @@ class Rotary(nn.Module):
                 "raise model.max_seq_len"
             )
         return self.cos[offset : offset + T], self.sin[offset : offset + T]
+
+
+def _scale_frequencies(inv_freq: Tensor, scaling: dict) -> Tensor:
+    """RoPE frequency scaling (``Rotary``'s docstring); the identity without ``scaling``."""
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = (
+            scaling["factor"],
+            scaling["low_freq_factor"],
+            scaling["high_freq_factor"],
+        )
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

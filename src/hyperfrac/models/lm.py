@@ -91,6 +91,10 @@ class LMConfig:
     """Longest sequence the RoPE tables cover."""
     rope_theta: float = 10_000.0
     """RoPE base (OLMo-1: 1e4, OLMo-2: 5e5)."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE frequency scaling: None, ``{rope_type: linear, factor: F}`` or Llama 3.1's
+    ``{rope_type: llama3, factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}`` (see ``layers.Rotary``)."""
     norm: str = "rmsnorm"
     """Norm kind: rmsnorm | layernorm."""
     norm_affine: bool = True
@@ -163,7 +167,7 @@ class TransformerLM(nn.Module):
         self.cfg = cfg
         D = cfg.dim
         self.embed = nn.Embedding(cfg.vocab_size, D)
-        self.rotary = Rotary(D // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.rotary = Rotary(D // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         blocks = []
         for i in range(cfg.n_layers):
             attn = Attention(
