@@ -5,6 +5,8 @@ Torch only; works on :class:`hyperfrac.models.TransformerLM` and on anything wit
 once and every later step feeds only the newest token (keys and values of earlier tokens come
 from a :class:`~hyperfrac.models.layers.KVCache`); ``use_cache=False`` recomputes the whole
 sequence each step. Both draw the same random numbers, so they give the same tokens (tested).
+MoE models with a capacity factor drop tokens depending on how many share a forward pass, so
+generate with ``capacity_factor=None`` (dropless) for results that do not depend on the cache.
 
     from hyperfrac.generate import generate
     out = generate(model, idx, max_new_tokens=50, temperature=0.8, top_k=50, top_p=0.95,

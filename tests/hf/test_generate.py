@@ -92,3 +92,16 @@ def test_generate_eos_and_length_errors() -> None:
         generate(model, prompt, 61)
     with pytest.raises(ValueError, match="T >= 1"):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_dropless_moe_decodes_the_same_with_and_without_cache() -> None:
+    """Dropless MoE routes each token on its own, so the cache changes nothing. (With a
+    capacity factor, which tokens are dropped depends on how many share the forward pass, so
+    cached and uncached decoding legitimately differ: use capacity_factor=None to generate.)"""
+    from hyperfrac.models import MoEConfig
+
+    moe = MoEConfig(n_experts=4, top_k=2, expert_hidden=16, capacity_factor=None)
+    model = tiny({"kind": "dhc", "n_streams": 2}, moe=moe)
+    prompt = torch.randint(0, 97, (4, 8), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, 20, temperature=0)
+    assert torch.equal(cached, generate(model, prompt, 20, temperature=0, use_cache=False))
