@@ -260,8 +260,8 @@ def run_compare(
         + (f"; budget x{budget:g}" if budget != 1 else "")
     )
     if spec.target_minutes:
-        log(f"this preset is sized for about {spec.target_minutes * budget:.0f} min on a 2-core "
-            f"CPU{' at this budget' if budget != 1 else ''}")
+        log(f"this preset is sized for about {spec.target_minutes * budget:.0f} min on an idle "
+            f"2-core CPU{' at this budget' if budget != 1 else ''} (other load slows it down)")
     if not train:
         finished = {(s, a.name) for s, a, _, _ in todo}
         jobs = [j for j in jobs if (j[0], j[1].name) not in finished]
