@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-items", type=int, help="cap the items per suite (default: 500/500/1000)")
     p.add_argument("--text", type=Path, help="report bits-per-byte on this UTF-8 text file only")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 is faster next to other busy jobs)"
+    )
     # lm-evaluation-harness (hyperfrac.hf.lm_eval; also takes export/convert folders)
     p.add_argument("--lm-eval", metavar="TASKS", help="run these lm-eval tasks (comma-separated)")
     p.add_argument("--lm-eval-include", type=Path, metavar="DIR", help="extra lm-eval task YAMLs")
@@ -40,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from hyperfrac.eval.run import evaluate_run, evaluate_text
     from hyperfrac.eval.suites import SUITES
 
