@@ -229,3 +229,40 @@ def test_lit_falls_back_to_pypi_with_a_clear_message(
     }
     assert meta["heldout_documents"] == ["milton/paradise_regained_gut"]
     assert "ood" not in meta["splits"] and meta["splits"]["heldout"]["tokens"] > 0
+
+
+def test_tokenizer_never_sees_held_out_text(tmp_path: Path, fixture_documents) -> None:
+    """A word repeated only in the held-out book gets no merged token; the same book in the
+    training documents does (so the check can fail)."""
+    from hyperfrac.data.corpus import Document
+    from hyperfrac.data.prepare import prepare_documents
+    from hyperfrac.data.tokenizer import load_tokenizer
+
+    docs = fixture_documents(n_docs=2, paragraphs=40)
+    book = Document("book", "secret", "\n\n".join(["Qxzvw qxzvw QXZVW qxzvw."] * 300) + "\n")
+    kw = dict(vocab_size=320, chunk_bytes=256, val_every=10, val_offset=5, progress=print)
+    held = prepare_documents(docs, tmp_path / "held", heldout=[book], **kw)
+    seen = prepare_documents(docs + [book], tmp_path / "seen", **kw)
+
+    def merged(path: Path) -> bool:
+        vocab = load_tokenizer(path / "tokenizer.json").get_vocab()
+        return any("xzv" in piece for piece in vocab)
+
+    assert not merged(held) and merged(seen)
+    assert load_meta(held)["splits"]["heldout"]["bytes"] == len(book.text.encode())
+
+
+def test_cli_prepare_lit_from_deb_dir(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("rdata")
+    from hyperfrac.cli import main
+
+    debs, tarball = lit_fixture(tmp_path)
+    argv = ["data", "prepare", "--corpus", "lit", "--deb-dir", str(debs), "--sdist", str(tarball),
+            "--cache", str(tmp_path / "c"), "--vocab-size", "300", "--chunk-bytes", "1024",
+            "--val-every", "5", "--val-offset", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "c" / "datasets" / "lit-bpe300") in out
+    for split in ("train", "val", "heldout", "ood"):
+        assert f"  {split}" in out
+    assert "missing source" not in out

@@ -134,3 +134,21 @@ def test_image_loader_resume_and_ranks() -> None:
     assert len({tuple(v.flatten()[:20].tolist()) for v in seen}) == 48  # 48 distinct images
     with pytest.raises(ValueError, match="exact resume"):
         ImageLoader(images, labels, 4, seed=1).load_state_dict(a.state_dict())
+
+
+def test_cli_prepare_fashion_mnist_from_deb_dir(tmp_path: Path, capsys) -> None:
+    from hyperfrac.cli import main
+
+    (x, y), (tx, ty) = _images(20, 4), _images(10, 5)
+    arrays = {("train", "images"): x, ("train", "labels"): y, ("test", "images"): tx,
+              ("test", "labels"): ty}  # fmt: skip
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    write_deb(
+        debs / "dataset-fashion-mnist_1_all.deb",
+        {FMNIST_PREFIX + name: encode_idx(arrays[key]) for key, name in FILES.items()},
+    )
+    argv = ["data", "prepare", "--corpus", "fashion_mnist", "--deb-dir", str(debs),
+            "--cache", str(tmp_path / "c")]  # fmt: skip
+    assert main(argv) == 0
+    assert "train 20, test 10" in capsys.readouterr().out

@@ -123,3 +123,19 @@ def test_empty_and_unusable_text_are_clear_errors(name: str) -> None:
         build_suite(name, "Too short.\n\nAlso short.\n")
     with pytest.raises(ValueError, match="unknown suite"):
         build_suite("hellaswag", TEXT)
+
+
+# Items of version 1 on TEXT. A change to a recipe must bump VERSION in hyperfrac.eval.suites
+# and update these (same version -> same items on every machine).
+GOLDEN_V1 = {
+    "lastword": (39, "ae7405404031189cb35b0e08701f38c8f9d7c839a5757c390bc4966f1c5502fe"),
+    "cloze": (60, "b691bce336bb38ab096099e88db21f55e0285bcee4159c14f6a105323b8f9228"),
+    "pairs": (371, "fda7ff6e8d583deb46cfa335ce5a7a0fded491649ccb01bc53c4be7108c06450"),
+}
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_version_1_items_are_pinned(name: str) -> None:
+    suite = build_suite(name, TEXT)
+    assert suite.version == 1, "new version: update GOLDEN_V1"
+    assert (len(suite), suite.sha256) == GOLDEN_V1[name]
