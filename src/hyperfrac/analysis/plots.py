@@ -88,6 +88,7 @@ def plot_loss_curves(results: Results, path: Path, labels: dict[str, str] | None
     for ax in (ax_t, ax_v):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

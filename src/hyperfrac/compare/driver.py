@@ -27,6 +27,7 @@ with a different config is refused (use another ``--out`` or ``--force``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -66,6 +67,13 @@ def arm_config(spec: CompareSpec, arm: Arm, seed: int, runs_dir: Path):
     cfg.checkpoint.resume = "auto"
     cfg.validate()
     return cfg
+
+
+def arm_fingerprint(spec: CompareSpec, arm: Arm, seed: int) -> str:
+    """What decides whether a finished run is reusable: the shared base config as written,
+    the arm and the seed (not the resolved config, whose defaults grow with the code)."""
+    return arm_hash(json.dumps({"base": spec.base, "arm": dataclasses.asdict(arm),
+                                "seed": int(seed)}, sort_keys=True))
 
 
 def build_trainer(cfg):
@@ -235,7 +243,7 @@ def run_compare(
     _ensure_data(jobs[0][2], log)
     todo = []
     for seed, arm, cfg in jobs:
-        fp = arm_hash(dump_config(cfg))
+        fp = arm_fingerprint(spec, arm, seed)
         meta_path = cfg.run_dir / "compare_arm.json"
         if meta_path.is_file():
             info = json.loads(meta_path.read_text())

@@ -229,6 +229,7 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
         "baseline": spec.baseline,
         "machine": machine,
         "wall_s": wall_s,
+        "train_wall_s": sum(r["train_wall_s"] or 0.0 for r in runs),
         "model": first["model"],
         "steps": first["step"],
         "tokens_per_run": first["tokens"],
@@ -257,7 +258,9 @@ def _setting(results: dict[str, Any]) -> str:
     seq = f", seq {m['seq_len']}" if m.get("seq_len") else ""
     return (f"{m['n_layers']} layers × d={m['dim']}{' MoE' if m['moe'] else ''}{seq}, "
             f"{results['steps']} steps, {results['tokens_per_run']:,} {unit} per "
-            f"run; machine: {mach['cpu_count']} CPUs, torch {mach['torch']}; total wall time "
+            f"run; machine: {mach['cpu_count']} CPUs, torch {mach['torch']}; training time "
+            f"{results['train_wall_s'] / 60:.1f} min summed over the runs (including "
+            f"interrupted sessions' last segment only), this invocation "
             f"{results['wall_s'] / 60:.1f} min")
 
 
