@@ -32,7 +32,7 @@ def test_probe_records_the_residual_stream_for_prenorm():
         direct.append(h.reshape(-1, 16))
         h = h + b(h)
     assert len(probe.records) == 4
-    for got, want in zip(probe.layer_inputs, direct):
+    for got, want in zip(probe.layer_inputs, direct, strict=True):
         torch.testing.assert_close(got, want)
     cos = adjacent_cosine(probe.layer_inputs)
     want = torch.nn.functional.cosine_similarity(direct[0], direct[1], dim=-1).double()
@@ -52,7 +52,7 @@ def test_probe_layer_inputs_are_the_branch_inputs(kind, opts):
     x = torch.randn(2, 6, 16)
     with ConnectionProbe(model) as probe:
         model(x)
-    for got, want in zip(probe.layer_inputs, seen):
+    for got, want in zip(probe.layer_inputs, seen, strict=True):
         torch.testing.assert_close(got, want)
     s = connection_summary(probe.matrices)
     direct = unfolded_connection_matrix(probe.matrices)["matrix"].mean(0)

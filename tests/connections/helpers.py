@@ -30,7 +30,7 @@ def build_stack(kind: str, dim: int, n_layers: int, dtype=torch.float64, **optio
 
 def run_stack(conns, branches, x):
     h = conns[0].expand(x)
-    for c, b in zip(conns, branches):
+    for c, b in zip(conns, branches, strict=True):
         h = c(h, b)
     return conns[0].reduce(h)
 

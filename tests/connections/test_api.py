@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.connections import KINDS, build, options_for
 
 from .helpers import mlp_branches, perturb
@@ -143,7 +144,7 @@ def test_compile_fullgraph_matches_eager(kind, opts):
 
     def f(x):
         h = conns[0].expand(x)
-        for c, b in zip(conns, branches):
+        for c, b in zip(conns, branches, strict=True):
             h = c(h, b)
         return conns[0].reduce(h)
 
@@ -155,20 +156,14 @@ def test_compile_fullgraph_matches_eager(kind, opts):
     compiled = torch.compile(f, fullgraph=True)(x)
     compiled.square().sum().backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
-    for g, p in zip(grads, conns.parameters()):
+    for g, p in zip(grads, conns.parameters(), strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
 
 
 def _saved_bytes(fn):
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
+    out = []
+    nbytes = saved_tensor_bytes(lambda: out.append(fn()) or out[0])
+    return out[0], nbytes
 
 
 @pytest.mark.parametrize("kind,opts", STREAM_KINDS)
@@ -183,7 +178,7 @@ def test_recompute_gives_identical_gradients_and_saves_the_branch_input(kind, op
     results = []
     for conn in (plain, rec):
         h = conn.expand(x).detach().requires_grad_(True)
-        out, nbytes = _saved_bytes(lambda: conn(h, branch))
+        out, nbytes = _saved_bytes(lambda conn=conn, h=h: conn(h, branch))
         out.square().sum().backward()
         grads = [h.grad] + [p.grad.clone() for p in conn.parameters()]
         conn.zero_grad()
@@ -191,7 +186,7 @@ def test_recompute_gives_identical_gradients_and_saves_the_branch_input(kind, op
         results.append((out.detach(), grads, nbytes))
     (o1, g1, b1), (o2, g2, b2) = results
     torch.testing.assert_close(o2, o1, rtol=0, atol=0)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     x_bytes = 4 * 32 * D * 4  # the branch input (float32)
     assert b1 - b2 >= x_bytes
@@ -217,5 +212,5 @@ def test_autocast_does_not_lower_the_connection_precision(kind, opts):
         out = conn(h, branch)
     g = torch.autograd.grad(out.square().sum(), [h, *conn.parameters()])  # backward outside
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    for a, b in zip(g, g_ref):
+    for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

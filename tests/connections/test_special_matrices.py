@@ -78,7 +78,7 @@ def test_parallel_arrangement_eq53_55_runs_n_branches_on_one_input():
         return g
 
     h = torch.stack([x, torch.zeros_like(x)], dim=-2)  # all of x in stream 1: sum = x
-    for c, b in zip(conns, branches):
+    for c, b in zip(conns, branches, strict=True):
         h = c(h, recorder(b))
     s = x
     for g in range(groups):

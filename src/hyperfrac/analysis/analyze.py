@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from hyperfrac.analysis.metrics import adjacent_cosine, band, connection_summary
 from hyperfrac.analysis.probes import ConnectionProbe
+from hyperfrac.bench.memory import saved_tensor_bytes
 
 ANALYSIS_VERSION = 1
 
@@ -117,23 +118,14 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
 def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:
     """Bytes autograd saves for backward in one training forward (each storage once, parameters
     excluded): the activation memory of a training step."""
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        try:
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     ctx = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-        loss = training_loss(model, x, y)
-    del loss
-    return sum(v for k, v in seen.items() if k not in params)
+
+    def forward():
+        with ctx:
+            return training_loss(model, x, y)
+
+    return saved_tensor_bytes(forward, exclude=model.parameters())
 
 
 # ------------------------------------------------------------------------------ run folder

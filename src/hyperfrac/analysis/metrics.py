@@ -22,7 +22,7 @@ def adjacent_cosine(layer_inputs: list[Tensor]) -> Tensor:
     if len(layer_inputs) < 2:
         raise ValueError("need the inputs of at least two layers")
     sims = [torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
-            for a, b in zip(layer_inputs[:-1], layer_inputs[1:])]
+            for a, b in zip(layer_inputs[:-1], layer_inputs[1:], strict=True)]
     return torch.stack(sims)
 
 

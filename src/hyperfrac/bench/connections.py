@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.connections import build
 
 # Issue #2 targets, ratio to our residual.
@@ -66,7 +67,7 @@ class OursStack(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conns[0].expand(x)
-        for conn, branch in zip(self.conns, self.branches):
+        for conn, branch in zip(self.conns, self.branches, strict=True):
             h = self.layer(conn, h, branch)
         return self.norm(self.conns[0].reduce(h))
 
@@ -141,20 +142,9 @@ def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
 
 def saved_activation_bytes(model: nn.Module, x: Tensor) -> int:
     """Bytes of distinct non-parameter storages saved for backward by one forward pass."""
-    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    skip.add(x.untyped_storage().data_ptr())
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).square().mean()
-    del loss
-    return sum(seen.values())
+    return saved_tensor_bytes(
+        lambda: model(x).square().mean(), exclude=[*model.parameters(), x]
+    )
 
 
 @dataclass
@@ -195,8 +185,12 @@ def run(args: argparse.Namespace) -> dict:
         variants = {k: variants[k] for k in ["residual"] + wanted if k in variants}
     x = torch.randn(args.batch, args.seq, dim)
     report: dict = {
-        "config": {k: v for k, v in vars(args).items() if not callable(v)} | {"torch": torch.__version__, "machine": platform.machine(),
-                                "processor": platform.processor() or platform.machine()},
+        "config": {k: v for k, v in vars(args).items() if not callable(v)}
+        | {
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "results": [],
     }
     for mode in args.modes.split(","):

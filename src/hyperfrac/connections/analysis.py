@@ -41,7 +41,7 @@ def unfolded_connection_matrix(matrices: Sequence[Tensor]) -> dict[str, Tensor]:
     """
     if not matrices:
         raise ValueError("need at least one connection matrix")
-    ps, qs, bs = zip(*(_split(m.double()) for m in matrices))
+    ps, qs, bs = zip(*(_split(m.double()) for m in matrices), strict=True)
     s, r = ps[0].shape[-2], ps[0].shape[-1]
     lead = torch.broadcast_shapes(*(p.shape[:-2] for p in ps))
     n_layers = len(matrices)

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from hyperfrac.bench.memory import saved_tensor_bytes
+
 DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
 
 
@@ -121,26 +123,17 @@ class _Arm:
 
     def saved_bytes(self) -> int:
         """Bytes saved for backward by one forward (each storage counted once)."""
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor):
-            try:
-                st = t.untyped_storage()
-                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-            except (RuntimeError, NotImplementedError):
-                pass
-            return t
-
         ctx = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.args.precision == "bf16"
             else torch.autocast(self.device.type, enabled=False)
         )
-        params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-            out = self.model(self.x, self.y)  # eager: compiled graphs save differently
-        del out
-        return sum(v for k, v in seen.items() if k not in params)
+
+        def forward():
+            with ctx:
+                return self.model(self.x, self.y)  # eager: compiled graphs save differently
+
+        return saved_tensor_bytes(forward, exclude=self.model.parameters())
 
 
 def _cpu_peak_rss_mb(conn: dict[str, Any], args: argparse.Namespace) -> float:
