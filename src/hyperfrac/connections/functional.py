@@ -200,9 +200,10 @@ class _DynamicWidth(torch.autograd.Function):
         [P | Q] = static_alpha + s_alpha * t[..., :R+S],   beta = static_beta + s_beta * t[..., -1]
         x = P^T h
 
-    Returns x (N, R, Ds), Q (N, S, S) and beta (N, S) for the depth connection. Saves h, the
-    per-row norm statistics and the small (N, S, K) coefficient tensors; the gradient of h from
-    both the mixing and the norm/projection is accumulated into one buffer.
+    Returns x (N, R, Ds), P (detached, to recompute x), Q (N, S, S) and beta (N, S) for the
+    depth connection. Saves h, the per-row norm statistics and the (N, S, K) logits; t and P
+    are rebuilt from them in backward, where the gradient of h from both the mixing and the
+    norm/projection is accumulated into one buffer.
     """
 
     @staticmethod
@@ -253,7 +254,8 @@ class _DynamicWidth(torch.autograd.Function):
             need_w=ctx.needs_input_grad[1],
         )
         return (grad_h.to(h.dtype), None if grad_w is None else grad_w.to(w.dtype),
-                grad_sa.to(w.dtype), grad_sb.to(w.dtype), grad_scale_a.to(alpha_scale.dtype),
+                grad_sa.to(static_alpha.dtype), grad_sb.to(static_alpha.dtype),
+                grad_scale_a.to(alpha_scale.dtype),
                 grad_scale_b.to(beta_scale.dtype), None, None, None)
 
 
