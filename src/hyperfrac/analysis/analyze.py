@@ -227,24 +227,9 @@ def connection_cost(model: nn.Module) -> dict[str, int]:
 
 def load_run_model(run_dir: Path, checkpoint: Path | None = None):
     """(model, cfg, checkpoint path, train_state) from a run folder's checkpoint."""
-    import yaml
+    from hyperfrac.train.checkpoint import load_run
 
-    from hyperfrac.models import build_model
-    from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint
-    from hyperfrac.train.config import RunConfig, from_dict
-
-    run_dir = Path(run_dir)
-    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
-            "written by `hyperfrac train` or `hyperfrac compare`?"
-        )
-    ckpt = load_checkpoint(path)
-    cfg: RunConfig = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
-    model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model, cfg, Path(path), ckpt["train_state"]
+    return load_run(run_dir, checkpoint)
 
 
 def analyze_run(

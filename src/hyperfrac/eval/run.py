@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from hyperfrac.data.prepare import EVAL_SPLITS, load_meta, open_tokens
 from hyperfrac.eval.lm import evaluate_lm
@@ -26,23 +25,12 @@ from hyperfrac.eval.suites import SUITES, build_suite
 
 def load_run(run_dir: Path, checkpoint: Path | None = None):
     """``(model on its device, RunConfig, checkpoint path, step)`` of a run folder."""
-    from hyperfrac.models import build_model
-    from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint
-    from hyperfrac.train.config import RunConfig, from_dict
+    from hyperfrac.train.checkpoint import load_run as load_run_checkpoint
     from hyperfrac.train.trainer import resolve_device
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    ckpt_path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
-    ckpt = load_checkpoint(ckpt_path)
-    cfg: RunConfig = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
-    model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    model, cfg, path, train_state = load_run_checkpoint(run_dir, checkpoint)
     model.to(resolve_device(cfg.train.device))
-    return model, cfg, Path(ckpt_path), ckpt["train_state"]["step"]
+    return model, cfg, path, train_state["step"]
 
 
 def read_user_text(path: Path) -> str:

@@ -20,8 +20,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import hyperfrac
 
 # bundled file name -> source file, relative to the hyperfrac package
@@ -131,21 +129,12 @@ def load_bpe_tokenizer(path: Path):
 def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any, Path | None]:
     """(TransformerLM with the checkpoint's weights, RunConfig, tokenizer.json or None)."""
     from hyperfrac.models.lm import TransformerLM
-    from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint
-    from hyperfrac.train.config import RunConfig, from_dict
+    from hyperfrac.train.checkpoint import load_run as load_run_checkpoint
     from hyperfrac.train.trainer import resolve_data_path
 
-    run_dir = Path(run_dir)
-    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
-            "written by `hyperfrac train`?"
-        )
-    ckpt = load_checkpoint(path)
-    cfg = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
-    model = TransformerLM(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    model, cfg, _, _ = load_run_checkpoint(run_dir, checkpoint)
+    if not isinstance(model, TransformerLM):
+        raise ValueError(f"{run_dir} holds a {type(model).__name__}; only language models export")
     tok = resolve_data_path(cfg) / "tokenizer.json"
     return model, cfg, tok if tok.is_file() else None
 

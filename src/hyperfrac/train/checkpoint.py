@@ -127,6 +127,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     }
 
 
+def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module, Any, Path, dict]:
+    """``(model with the checkpoint's weights on CPU, RunConfig, checkpoint path, train_state)``
+    of a run folder written by ``hyperfrac train`` or ``hyperfrac compare`` (latest complete
+    checkpoint unless ``checkpoint`` is given)."""
+    import yaml
+
+    from hyperfrac.models import build_model
+    from hyperfrac.train.config import RunConfig, from_dict
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
+            "written by `hyperfrac train` or `hyperfrac compare`?"
+        )
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, Path(path), ckpt["train_state"]
+
+
 def export_safetensors(model: nn.Module, path: Path, config_yaml: str = "") -> None:
     """Model weights as safetensors; tied tensors are stored once (``save_model``)."""
     from safetensors.torch import save_model
