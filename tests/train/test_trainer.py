@@ -74,8 +74,9 @@ def test_tiny_run_lowers_loss_for_every_connection(kind: str, tmp_path: Path, ti
         ("{kind: residual}", ()),
         ("{kind: dhc, n_streams: 2}", ()),
         ("{kind: dfc, n_fracs: 2}", ("model.preset=tiny-moe", "train.precision=bf16")),
+        ("{kind: mhc, n_streams: 2}", ("checkpoint.format=sharded",)),
     ],
-    ids=["residual", "dhc", "dfc-moe-bf16"],
+    ids=["residual", "dhc", "dfc-moe-bf16", "mhc-sharded-checkpoint"],
 )
 def test_resume_gives_identical_losses_and_weights(
     conn: str, extra: tuple, tmp_path: Path, tiny_dataset: Path
@@ -251,3 +252,37 @@ def test_loss_spike_is_logged(tmp_path: Path, tiny_dataset: Path):
     spikes = [r for r in _records(trainer.run_dir) if r.get("event") == "loss_spike"]
     assert [s["step"] for s in spikes] == [10] and spikes[0]["score"] > 6
     assert trainer.skipped_steps == 0
+
+
+def test_sharded_checkpoint_layout_and_load_run(tmp_path: Path, tiny_dataset: Path):
+    from hyperfrac.train.checkpoint import is_sharded_checkpoint, load_run
+
+    cfg = make_cfg(
+        tmp_path,
+        tiny_dataset,
+        "model.connection={kind: dhc, n_streams: 2}",
+        "train.steps=3",
+        "checkpoint.format=sharded",
+    )
+    trainer = Trainer(cfg)
+    trainer.fit()
+    ckpt = latest_checkpoint(trainer.ckpt_dir)
+    assert is_sharded_checkpoint(ckpt)
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"dcp", "scheduler.pt", "train_state.pt", "config.yaml", "COMPLETE"} <= names
+    assert "model.pt" not in names and "optim.pt" not in names
+    model, _, path, state = load_run(trainer.run_dir)  # eval / export / analyze path
+    assert path == ckpt and state["step"] == 3
+    for (name, a), b in zip(
+        trainer.model.state_dict().items(), model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_unreadable_checkpoint_file_is_named(tmp_path: Path, tiny_dataset: Path):
+    trainer = Trainer(make_cfg(tmp_path, tiny_dataset, "train.steps=2"))
+    trainer.fit()
+    ckpt = latest_checkpoint(trainer.ckpt_dir)
+    (ckpt / "optim.pt").write_bytes(b"not a pickle")
+    with pytest.raises(RuntimeError, match="optim.pt is unreadable"):
+        Trainer(make_cfg(tmp_path, tiny_dataset, "train.steps=4"))

@@ -29,6 +29,11 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from hyperfrac.train.trainer import Trainer
 
-    summary = Trainer(cfg).fit()
-    print(json.dumps(summary))
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    if trainer.is_main:
+        print(json.dumps(summary))
     return 0

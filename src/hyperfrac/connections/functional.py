@@ -255,8 +255,8 @@ class _DynamicWidth(torch.autograd.Function):
         )
         return (grad_h.to(h.dtype), None if grad_w is None else grad_w.to(w.dtype),
                 grad_sa.to(static_alpha.dtype), grad_sb.to(static_alpha.dtype),
-                grad_scale_a.to(alpha_scale.dtype),
-                grad_scale_b.to(beta_scale.dtype), None, None, None)
+                grad_scale_a.to(alpha_scale.dtype).reshape(alpha_scale.shape),
+                grad_scale_b.to(beta_scale.dtype).reshape(beta_scale.shape), None, None, None)
 
 
 def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, norm="layernorm",

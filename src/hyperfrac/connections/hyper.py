@@ -85,12 +85,12 @@ class DynamicMixing(StreamConnection):
         if self.dynamic:
             self.dynamic_alpha = nn.Parameter(torch.zeros(slot_dim, r + s))
             self.dynamic_beta = nn.Parameter(torch.zeros(slot_dim))
-            if rescale:
-                self.alpha_scale = nn.Parameter(torch.tensor(float(scale_init)))
-                self.beta_scale = nn.Parameter(torch.tensor(float(scale_init)))
+            if rescale:  # shape (1,), not (): FSDP2 cannot shard 0-d parameters
+                self.alpha_scale = nn.Parameter(torch.full((1,), float(scale_init)))
+                self.beta_scale = nn.Parameter(torch.full((1,), float(scale_init)))
             else:  # FC §5.1 ablation "w/o rescale": the dynamic part enters unscaled
-                self.register_buffer("alpha_scale", torch.tensor(1.0), persistent=False)
-                self.register_buffer("beta_scale", torch.tensor(1.0), persistent=False)
+                self.register_buffer("alpha_scale", torch.ones(1), persistent=False)
+                self.register_buffer("beta_scale", torch.ones(1), persistent=False)
             self.norm_weight = nn.Parameter(torch.ones(slot_dim)) if norm and norm_affine else None
             self._norm_mode = norm_type if norm else "none"
             self._act = torch.tanh if tanh else _identity

@@ -95,9 +95,9 @@ class ManifoldHyperConnection(StreamConnection):
         self.b_res = nn.Parameter(c * torch.eye(n))
         if self.dynamic:
             self.phi = nn.Parameter(torch.zeros(n * dim, n * n + 2 * n))
-            self.alpha_pre = nn.Parameter(torch.tensor(float(scale_init)))
-            self.alpha_post = nn.Parameter(torch.tensor(float(scale_init)))
-            self.alpha_res = nn.Parameter(torch.tensor(float(scale_init)))
+            self.alpha_pre = nn.Parameter(torch.full((1,), float(scale_init)))
+            self.alpha_post = nn.Parameter(torch.full((1,), float(scale_init)))
+            self.alpha_res = nn.Parameter(torch.full((1,), float(scale_init)))
             self._norm_mode = "rmsnorm" if norm else "none"
             self._act = torch.tanh if tanh else _identity
 

@@ -13,6 +13,7 @@ Axis legend: B batch (per rank), T sequence length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -93,6 +94,37 @@ class TokenLoader:
         self.epoch, self.pos, self._perm = int(state["epoch"]), int(state["pos"]), None
 
 
+IGNORE_INDEX = -100
+"""Target id of a padding batch (:func:`eval_batches`): ``cross_entropy`` skips it by default."""
+
+
+def shard_batches(
+    n: int,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+) -> Iterator[tuple[Tensor, bool]]:
+    """``(item indices, real)`` batches of this rank's items, in order. The items are the first
+    ``max_batches * batch_size`` of ``n`` (all with None), whatever the number of ranks, so a
+    capped evaluation sees the same items on 1 or N processes; item i belongs to rank
+    ``i % world_size``. Every rank yields the same number of batches (rank 0's, which has the
+    most items), so that forwards with collectives inside (FSDP all-gathers) stay in step; a
+    rank whose share has run out yields a one-item batch with ``real=False``, to be run and
+    discarded."""
+    if n < 1:
+        raise ValueError("nothing to evaluate: the split has no items")
+    if max_batches is not None:
+        n = min(n, max_batches * batch_size)
+    mine = torch.arange(n)[rank::world_size]  # may be empty when n < world_size
+    n_batches = math.ceil(math.ceil(n / world_size) / batch_size)
+    pad = torch.zeros(1, dtype=torch.long)  # any valid item; its result is dropped
+    for b in range(n_batches):
+        idx = mine[b * batch_size : (b + 1) * batch_size]
+        yield (idx, True) if len(idx) else (pad, False)
+
+
 def eval_batches(
     tokens: np.ndarray,
     seq_len: int,
@@ -103,19 +135,20 @@ def eval_batches(
     max_batches: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Consecutive non-overlapping windows in order (every token predicted once except the
-    first of each window), sharded by rank; at most ``max_batches`` batches per rank."""
+    first of each window), sharded by rank (see :func:`shard_batches`; ``max_batches`` caps the
+    windows at ``max_batches * batch_size`` in all). All ranks yield the same number of batches;
+    a padding batch has every target ``IGNORE_INDEX``."""
     n = (len(tokens) - 1) // seq_len
     if n == 0:
         raise ValueError(
             f"the split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
         )
-    mine = torch.arange(rank, n, world_size)
-    for i, start in enumerate(range(0, len(mine), batch_size)):
-        if max_batches is not None and i >= max_batches:
-            return
-        idx = mine[start : start + batch_size]
+    for idx, real in shard_batches(
+        n, batch_size, rank=rank, world_size=world_size, max_batches=max_batches
+    ):
         rows = np.stack(
             [np.asarray(tokens[int(w) * seq_len : int(w) * seq_len + seq_len + 1]) for w in idx]
         )
         batch = torch.from_numpy(rows.astype(np.int64))  # (b, T + 1)
-        yield batch[:, :-1], batch[:, 1:]
+        x, y = batch[:, :-1], batch[:, 1:]
+        yield x, (y if real else torch.full_like(y, IGNORE_INDEX))

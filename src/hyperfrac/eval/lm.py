@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperfrac.data.loader import eval_batches
+from hyperfrac.data.loader import IGNORE_INDEX, eval_batches
 
 
 @torch.no_grad()
@@ -54,11 +54,15 @@ def evaluate_lm(
         with autocast:
             logits = model(x.to(device)).logits
         loss = F.cross_entropy(
-            logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum"
+            logits.float().flatten(0, 1),
+            y.to(device).flatten(),
+            reduction="sum",
+            ignore_index=IGNORE_INDEX,
         )
+        valid = y != IGNORE_INDEX  # (b, T); all False in a rank's padding batch
         nll += float(loss)
-        n_tok += y.numel()
-        n_bytes += int(tb[y].sum())
+        n_tok += int(valid.sum())
+        n_bytes += int((tb[y.clamp_min(0)] * valid).sum())
     model.train(was_training)
     return {
         "loss": nll / max(n_tok, 1),

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperfrac.data.loader import shard_batches
 from hyperfrac.data.vision import to_tensor
 from hyperfrac.eval.scoring import wilson_interval
 
@@ -41,17 +42,18 @@ def evaluate_classifier(
         if precision == "bf16"
         else contextlib.nullcontext()
     )
-    mine = np.arange(rank, len(images), world_size)
     nll, correct, n, n_classes = 0.0, 0, 0, 0
-    for b, start in enumerate(range(0, len(mine), batch_size)):
-        if max_batches is not None and b >= max_batches:
-            break
-        idx = mine[start : start + batch_size]
+    for idx, real in shard_batches(
+        len(images), batch_size, rank=rank, world_size=world_size, max_batches=max_batches
+    ):
+        idx = idx.numpy()
         x = to_tensor(images[idx]).to(device)  # (B, 1, H, W)
         y = torch.from_numpy(labels[idx].astype(np.int64)).to(device)  # (B,)
         with autocast:
             logits = model(x).float()  # (B, C)
         n_classes = logits.shape[-1]
+        if not real:  # this rank's share ran out; the forward only keeps FSDP ranks in step
+            continue
         nll += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
         n += len(idx)

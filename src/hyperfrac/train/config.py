@@ -83,6 +83,11 @@ class TrainConfig:
     """fp32 | bf16 (autocast; fp32 master weights and optimizer state)."""
     compile: bool = False
     """torch.compile the model (inductor)."""
+    parallel: str = "ddp"
+    """How several processes (``torchrun --nproc_per_node=N``) share the work: ddp (each rank
+    holds the whole model, gradients all-reduced) | fsdp (FSDP2: ``fully_shard`` on every block
+    and on the root, so parameters, gradients and optimizer state are sharded over the ranks).
+    Ignored in a single process."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     threads: int | None = None
@@ -106,7 +111,8 @@ class EvalConfig:
     batch_size: int = 16
     """Sequences per validation batch."""
     max_batches: int | None = None
-    """Validation batches per evaluation; None = the whole validation split."""
+    """Validation batches per evaluation (the first ``max_batches * batch_size`` windows or
+    images, shared by the ranks); None = the whole validation split."""
 
 
 @dataclass
@@ -118,7 +124,12 @@ class CheckpointConfig:
     resume: str = "auto"
     """auto (latest complete checkpoint of the run if any) | never | PATH of a checkpoint."""
     safetensors: bool = True
-    """Also export the model weights as ``model.safetensors`` in every checkpoint."""
+    """Also export the model weights as ``model.safetensors`` in every checkpoint (full format
+    only; ``hyperfrac export`` makes safetensors from either format)."""
+    format: str = "auto"
+    """full (rank 0 writes whole ``torch.save`` files) | sharded (``torch.distributed.checkpoint``:
+    every rank writes its shards; resumable on any number of processes, with or without FSDP) |
+    auto (sharded when ``train.parallel=fsdp``, else full)."""
 
 
 @dataclass
@@ -158,6 +169,8 @@ class RunConfig:
             ("optim", "schedule"): ("cosine", "wsd", "constant"),
             ("train", "precision"): ("fp32", "bf16"),
             ("train", "on_nonfinite"): ("skip", "raise"),
+            ("train", "parallel"): ("ddp", "fsdp"),
+            ("checkpoint", "format"): ("auto", "full", "sharded"),
             ("log", "progress"): ("auto", "always", "never"),
         }
         for (sec, key), allowed in choices.items():

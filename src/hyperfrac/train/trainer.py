@@ -17,9 +17,12 @@ resume needs (model, optimizer, scheduler, loader position, RNG states, monitor 
 a run stopped at step N and resumed gives bit-identical losses and weights to one that ran
 through (tested in ``tests/train/test_trainer.py``).
 
-Distributed data parallel runs start under ``torchrun`` (``RANK``/``WORLD_SIZE`` set): the
-model is wrapped in DDP from the outside, each rank reads its shard of every global batch, and
-only rank 0 logs and writes checkpoints. The model code itself knows nothing about this.
+Distributed runs start under ``torchrun`` (``RANK``/``WORLD_SIZE`` set): the model is wrapped
+in DDP or sharded with FSDP2 from the outside (``train.parallel``, :mod:`.parallel`), each rank
+reads its shard of every global batch, gradient accumulation reduces gradients only on the last
+micro-batch, and only rank 0 logs. Checkpoints are written by rank 0 (``full`` format) or by all
+ranks (``sharded``, ``torch.distributed.checkpoint``; resumable on a different number of
+processes). The model code itself knows nothing about this.
 """
 
 from __future__ import annotations
@@ -46,10 +49,20 @@ from hyperfrac.eval.lm import evaluate_lm
 from hyperfrac.eval.vision import evaluate_classifier
 from hyperfrac.models.lm import TransformerLM, count_params
 from hyperfrac.models.vit import ViT
-from hyperfrac.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hyperfrac.train.checkpoint import (
+    begin_checkpoint,
+    commit_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    load_sharded,
+    save_checkpoint,
+    save_sharded,
+    write_files,
+)
 from hyperfrac.train.config import IMAGE_KINDS, RunConfig, dump_config
 from hyperfrac.train.metrics import MetricsLogger, format_duration
 from hyperfrac.train.optim import build_optimizer, build_scheduler
+from hyperfrac.train.parallel import grad_sync, is_fsdp, parallelize, to_float
 from hyperfrac.train.stability import NonFiniteError, SpikeMonitor
 
 
@@ -87,6 +100,7 @@ class Trainer:
                 self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._owns_process_group = True
         if cfg.train.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.seed)
@@ -99,13 +113,17 @@ class Trainer:
         else:
             self._setup_text()
         self.n_params = count_params(self.model)
-        wrapped: nn.Module = self.model
-        if self.world_size > 1:
-            wrapped = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.ddp = wrapped if self.world_size > 1 else None
-        self.train_model = torch.compile(wrapped) if cfg.train.compile else wrapped
+        # DDP wraps the model; FSDP2 shards it in place (self.model is then the sharded root)
+        self.parallel: nn.Module = (
+            parallelize(self.model, cfg.train.parallel, self.device)
+            if self.world_size > 1
+            else self.model
+        )
+        self.train_model = torch.compile(self.parallel) if cfg.train.compile else self.parallel
+        fmt = cfg.checkpoint.format
+        self.sharded_checkpoints = fmt == "sharded" or (
+            fmt == "auto" and cfg.train.parallel == "fsdp"
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.monitor = SpikeMonitor(
@@ -183,9 +201,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ state
 
+    _owns_process_group = False
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def close(self) -> None:
+        """Tear down the process group this trainer started (under torchrun)."""
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_process_group = False
 
     def train_state(self) -> dict[str, Any]:
         return {
@@ -204,7 +230,9 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; all ranks wait)."""
+        """Checkpoint the current step (collective: call on every rank)."""
+        if self.sharded_checkpoints:
+            return self._save_sharded()
         path = None
         if self.is_main:
             path = save_checkpoint(
@@ -224,11 +252,49 @@ class Trainer:
             dist.barrier()
         return path
 
+    def _save_sharded(self) -> Path | None:
+        """Every rank writes its shards into rank 0's temporary folder, then rank 0 adds the
+        small files and commits (marker, atomic rename)."""
+        tmp = self.ckpt_dir / f".tmp-step_{self.step:08d}"
+        if self.is_main:
+            begin_checkpoint(self.ckpt_dir, self.step)
+        self._barrier()
+        save_sharded(tmp, self.model, self.optimizer)  # collective
+        path = None
+        if self.is_main:
+            files = write_files(
+                tmp,
+                {
+                    "scheduler.pt": lambda p: torch.save(self.scheduler.state_dict(), p),
+                    "train_state.pt": lambda p: torch.save(self.train_state(), p),
+                    "config.yaml": lambda p: p.write_text(self.config_yaml),
+                },
+            )
+            path = commit_checkpoint(
+                self.ckpt_dir, self.step, tmp, [*files, "dcp"], self.cfg.checkpoint.keep
+            )
+        self._barrier()
+        return path
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
     def load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
-        self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
+        if ckpt["format"] == "sharded":
+            load_sharded(path, self.model, self.optimizer)  # collective, reshards as needed
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        elif is_fsdp(self.model):
+            raise ValueError(
+                f"{path} is a full-format checkpoint, which does not load into an FSDP-sharded "
+                "model; resume it with train.parallel=ddp (or in one process) and save with "
+                "checkpoint.format=sharded, then continue under FSDP"
+            )
+        else:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
+            self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
         st = ckpt["train_state"]
         self.step, self.tokens_seen = st["step"], st["tokens"]
         self.skipped_steps, self.consecutive_skips = st["skipped_steps"], st["consecutive_skips"]
@@ -286,9 +352,8 @@ class Trainer:
         for micro in range(accum):
             x, y = self.loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            sync = self.ddp is None or micro == accum - 1
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
+            # reduce gradients across ranks only once per optimizer step
+            with grad_sync(self.parallel, sync=micro == accum - 1):
                 with self._autocast():
                     loss, aux_loss, moe_stats = self._forward(x, y)
                 ((loss + aux_loss) / accum).backward()
@@ -301,7 +366,7 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(ce)  # mean loss over ranks (SUM works on every backend)
             ce /= self.world_size
-        loss, gnorm = float(ce), float(grad_norm)
+        loss, gnorm = float(ce), to_float(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(loss) and math.isfinite(gnorm)
         if finite:
