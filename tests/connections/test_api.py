@@ -10,8 +10,13 @@ from hyperfrac.connections import KINDS, build, options_for
 from .helpers import mlp_branches, perturb
 
 D = 16
-STREAM_KINDS = [("hc", {"n_streams": 2}), ("dhc", {"n_streams": 4}), ("fc", {"n_fracs": 2}),
-                ("dfc", {"n_fracs": 4}), ("mhc", {"n_streams": 4})]
+STREAM_KINDS = [
+    ("hc", {"n_streams": 2}),
+    ("dhc", {"n_streams": 4}),
+    ("fc", {"n_fracs": 2}),
+    ("dfc", {"n_fracs": 4}),
+    ("mhc", {"n_streams": 4}),
+]
 ALL_KINDS = [("residual", {}), ("postnorm", {})] + STREAM_KINDS
 
 
@@ -130,9 +135,16 @@ def test_bf16_state_matches_fp32_and_keeps_small_coefficients(kind, opts):
         torch.testing.assert_close(moved.float(), expected, rtol=3e-2, atol=3e-2)
 
 
-@pytest.mark.parametrize("kind,opts", ALL_KINDS[:1] + [
-    ("dhc", {"n_streams": 4}), ("dfc", {"n_fracs": 4}), ("hc", {"n_streams": 2}),
-    ("mhc", {"n_streams": 4, "sinkhorn_iters": 3})])
+@pytest.mark.parametrize(
+    "kind,opts",
+    ALL_KINDS[:1]
+    + [
+        ("dhc", {"n_streams": 4}),
+        ("dfc", {"n_fracs": 4}),
+        ("hc", {"n_streams": 2}),
+        ("mhc", {"n_streams": 4, "sinkhorn_iters": 3}),
+    ],
+)
 def test_compile_fullgraph_matches_eager(kind, opts):
     """Inductor traces the custom autograd kernels without graph breaks; in float64 the
     compiled forward and gradients equal eager to rounding (fp32 differs only by reduction
@@ -214,3 +226,14 @@ def test_autocast_does_not_lower_the_connection_precision(kind, opts):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["dhc", "dfc", "mhc"])
+def test_scalar_params_are_1d_and_old_0d_state_dicts_still_load(kind):
+    conn = build(kind, 8, **({"n_fracs": 2} if kind == "dfc" else {"n_streams": 2}))
+    scalars = {n: p for n, p in conn.named_parameters() if p.numel() == 1}
+    assert scalars and all(p.shape == (1,) for p in scalars.values())  # FSDP2 can shard them
+    old = {k: (v.reshape(()) + 0.5 if k in scalars else v) for k, v in conn.state_dict().items()}
+    conn.load_state_dict(old)
+    for name, p in scalars.items():
+        assert p.shape == (1,) and float(p) == pytest.approx(float(old[name]))

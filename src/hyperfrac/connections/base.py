@@ -68,6 +68,15 @@ class Connection(nn.Module):
         x, state = self.width_connection(h)
         return self.depth_connection(branch(x, *args, **kwargs), state)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Scalar parameters (s_alpha, s_beta; mHC's alpha_*) are 1-D of size 1 so that FSDP2
+        # can shard them; state dicts written before that held them 0-d. Accept both.
+        for name, p in self._parameters.items():
+            key = prefix + name
+            if p is not None and p.shape == (1,) and getattr(state_dict.get(key), "ndim", 1) == 0:
+                state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # --------------------------------------------------------- optimizer groups
     def no_decay_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters that must not be weight-decayed (HC §4, FC §4.3: static parts)."""
