@@ -78,12 +78,17 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def temporary_dir(ckpt_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before its atomic rename."""
+    return Path(ckpt_dir) / f".tmp-step_{step:08d}"
+
+
 def begin_checkpoint(ckpt_dir: Path, step: int) -> Path:
-    """Create (empty) and return the temporary folder checkpoint ``step`` is written into."""
+    """Create (empty) and return :func:`temporary_dir`, removing stale temporary folders."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".tmp-step_*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = ckpt_dir / f".tmp-step_{step:08d}"
+    tmp = temporary_dir(ckpt_dir, step)
     tmp.mkdir()
     return tmp
 

@@ -57,6 +57,7 @@ from hyperfrac.train.checkpoint import (
     load_sharded,
     save_checkpoint,
     save_sharded,
+    temporary_dir,
     write_files,
 )
 from hyperfrac.train.config import IMAGE_KINDS, RunConfig, dump_config
@@ -248,14 +249,13 @@ class Trainer:
                 safetensors=self.cfg.checkpoint.safetensors,
                 keep=self.cfg.checkpoint.keep,
             )
-        if self.world_size > 1:
-            dist.barrier()
+        self._barrier()
         return path
 
     def _save_sharded(self) -> Path | None:
         """Every rank writes its shards into rank 0's temporary folder, then rank 0 adds the
         small files and commits (marker, atomic rename)."""
-        tmp = self.ckpt_dir / f".tmp-step_{self.step:08d}"
+        tmp = temporary_dir(self.ckpt_dir, self.step)
         if self.is_main:
             begin_checkpoint(self.ckpt_dir, self.step)
         self._barrier()
