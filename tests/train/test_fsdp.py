@@ -169,7 +169,7 @@ def test_fsdp_matches_single_process_and_shards_connection_params(
 
 
 @pytest.mark.distributed
-def test_fsdp_resume_equals_uninterrupted_on_two_and_one_process(
+def test_fsdp_resume_equals_uninterrupted_on_two_one_and_two_processes(
     tmp_path: Path, tiny_dataset: Path, single
 ) -> None:
     single_dir, _ = single
@@ -206,6 +206,16 @@ def test_fsdp_resume_equals_uninterrupted_on_two_and_one_process(
     _assert_close(_losses(tmp_path / "one" / "run"), _losses(single_dir), range(4, 7), rel=1e-5)
     for name, p in trainer.model.named_parameters():
         torch.testing.assert_close(p.detach(), full_through[name], rtol=1e-4, atol=1e-6)
+
+    # and the other way: 1 process writes sharded step-3 checkpoint, 2 FSDP ranks continue
+    up = ("checkpoint.format=sharded",)
+    first = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        _overrides(tiny_dataset, tmp_path, "up", 4, 2, *up, "train.stop_at=3"),
+    )
+    Trainer(first).fit()
+    _spawn(_overrides(tiny_dataset, tmp_path, "up", 2, 2, *fsdp), tmp_path / "up.json")
+    _assert_close(_losses(tmp_path / "up"), through, range(1, STEPS + 1), rel=1e-5)
 
 
 @pytest.mark.distributed
