@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from hyperfrac.train import Trainer, load_config
+from hyperfrac.train.parallel import hard_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -96,7 +97,9 @@ def _worker(rank: int, port: int, overrides: list[str], report: str) -> None:
     if rank == 0:
         Path(report).write_text(json.dumps(info))
         torch.save(full, report + ".pt")
+    dist.barrier()
     dist.destroy_process_group()
+    hard_exit(0)  # see hard_exit: torch 2.13 sometimes aborts in interpreter teardown after DCP
 
 
 def _spawn(overrides: list[str], report: Path) -> dict:

@@ -33,7 +33,12 @@ def _train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     finally:
+        distributed = trainer.world_size > 1
         trainer.close()
     if trainer.is_main:
         print(json.dumps(summary))
+    if distributed:  # everything is written: skip the teardown abort (see hard_exit)
+        from hyperfrac.train.parallel import hard_exit
+
+        hard_exit(0)
     return 0
