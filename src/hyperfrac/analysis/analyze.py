@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from hyperfrac.analysis.metrics import adjacent_cosine, band, connection_summary
 from hyperfrac.analysis.probes import ConnectionProbe
 from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.precision import autocast as precision_autocast
 
 ANALYSIS_VERSION = 1
 
@@ -118,7 +119,7 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
 def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:
     """Bytes autograd saves for backward in one training forward (each storage once, parameters
     excluded): the activation memory of a training step."""
-    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    ctx = precision_autocast(x.device.type, precision)
     model.train()
 
     def forward():

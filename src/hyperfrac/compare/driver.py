@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from hyperfrac.compare.spec import Arm, CompareSpec, arm_hash
+from hyperfrac.precision import autocast as precision_autocast
 
 Log = Callable[[str], None]
 
@@ -160,7 +161,7 @@ def calibrate_seconds_per_step(cfg, steps: int = 2) -> float:
     B, T = cfg.train.batch_size, cfg.data.seq_len
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=g)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    ctx = precision_autocast("cpu", cfg.train.precision)
 
     def step() -> None:
         for _ in range(cfg.train.grad_accum):

@@ -9,7 +9,6 @@ the first of each window is predicted exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperfrac.data.loader import IGNORE_INDEX, eval_batches
+from hyperfrac.precision import autocast as precision_autocast
 
 
 @torch.no_grad()
@@ -40,11 +40,7 @@ def evaluate_lm(
     model.eval()
     device = torch.device(device)
     tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = precision_autocast(device.type, precision)
     nll = 0.0
     n_tok = 0
     n_bytes = 0

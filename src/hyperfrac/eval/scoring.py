@@ -17,7 +17,6 @@ Axis legend: B batch, T time, V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperfrac.eval.suites import Suite
+from hyperfrac.precision import autocast as precision_autocast
 
 
 class Scorer(Protocol):
@@ -122,11 +122,7 @@ class LMScorer:
         encoded = [self._encode(c, x) for c, x in requests]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
         out: list[tuple[float, int, bool] | None] = [None] * len(encoded)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else contextlib.nullcontext()
-        )
+        autocast = precision_autocast(self.device.type, self.precision)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             T = max(len(encoded[i][0]) for i in idx) - 1
@@ -174,11 +170,7 @@ def text_bpb(
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = precision_autocast(device.type, precision)
     nll, n_tok = 0.0, 0
     starts = list(range(0, len(tokens) - 1, seq_len))
     for b in range(0, len(starts), batch_size):

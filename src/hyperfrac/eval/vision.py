@@ -5,8 +5,6 @@ Axis legend: N images, B batch, C classes.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +13,7 @@ from torch import nn
 from hyperfrac.data.loader import shard_batches
 from hyperfrac.data.vision import to_tensor
 from hyperfrac.eval.scoring import wilson_interval
+from hyperfrac.precision import autocast as precision_autocast
 
 
 @torch.no_grad()
@@ -37,11 +36,7 @@ def evaluate_classifier(
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = precision_autocast(device.type, precision)
     nll, correct, n, n_classes = 0.0, 0, 0, 0
     for idx, real in shard_batches(
         len(images), batch_size, rank=rank, world_size=world_size, max_batches=max_batches

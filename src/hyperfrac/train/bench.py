@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.precision import autocast as precision_autocast
 
 DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
 
@@ -105,11 +106,7 @@ class _Arm:
         return [r for r, o in zip(self.rates, self.others, strict=True) if not _dirty(o)]
 
     def step(self) -> None:
-        ctx = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.args.precision == "bf16"
-            else torch.autocast(self.device.type, enabled=False)
-        )
+        ctx = precision_autocast(self.device.type, self.args.precision)
         self.opt.zero_grad(set_to_none=True)
         with ctx:
             out = self.fwd(self.x, self.y)
@@ -123,11 +120,7 @@ class _Arm:
 
     def saved_bytes(self) -> int:
         """Bytes saved for backward by one forward (each storage counted once)."""
-        ctx = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.args.precision == "bf16"
-            else torch.autocast(self.device.type, enabled=False)
-        )
+        ctx = precision_autocast(self.device.type, self.args.precision)
 
         def forward():
             with ctx:

@@ -27,6 +27,7 @@ import yaml
 from hyperfrac.models.lm import LMConfig, MoEConfig
 from hyperfrac.models.presets import preset_config
 from hyperfrac.models.vit import ViTConfig
+from hyperfrac.precision import PRECISIONS
 
 IMAGE_KINDS = ("fashion_mnist", "mnist5k")
 
@@ -167,7 +168,7 @@ class RunConfig:
     def validate(self) -> None:
         choices = {
             ("optim", "schedule"): ("cosine", "wsd", "constant"),
-            ("train", "precision"): ("fp32", "bf16"),
+            ("train", "precision"): PRECISIONS,
             ("train", "on_nonfinite"): ("skip", "raise"),
             ("train", "parallel"): ("ddp", "fsdp"),
             ("checkpoint", "format"): ("auto", "full", "sharded"),

@@ -27,7 +27,6 @@ processes). The model code itself knows nothing about this.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from hyperfrac.eval.lm import evaluate_lm
 from hyperfrac.eval.vision import evaluate_classifier
 from hyperfrac.models.lm import TransformerLM, count_params
 from hyperfrac.models.vit import ViT
+from hyperfrac.precision import autocast as precision_autocast
 from hyperfrac.train.checkpoint import (
     begin_checkpoint,
     commit_checkpoint,
@@ -321,10 +321,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- step
 
-    def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _autocast(self) -> torch.autocast:
+        return precision_autocast(self.device.type, self.cfg.train.precision)
 
     @property
     def _sample_size(self) -> int:
@@ -444,6 +442,12 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- eval
 
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        """Each value summed over the ranks (one float64 all-reduce; collective)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
     def evaluate(self) -> dict[str, float]:
         cfg = self.cfg
         if self.is_image:
@@ -461,13 +465,9 @@ class Trainer:
             world_size=self.world_size,
         )
         if self.world_size > 1:
-            t = torch.tensor(
-                [res["loss"] * res["tokens"], res["tokens"], res["bytes"]],
-                dtype=torch.float64,
-                device=self.device,
+            nll, n_tok, n_bytes = self._sum_over_ranks(
+                res["loss"] * res["tokens"], res["tokens"], res["bytes"]
             )
-            dist.all_reduce(t)
-            nll, n_tok, n_bytes = t.tolist()
             res = {
                 "loss": nll / n_tok,
                 "bpb": nll / math.log(2) / n_bytes,
@@ -491,13 +491,7 @@ class Trainer:
             world_size=self.world_size,
         )
         if self.world_size > 1:
-            t = torch.tensor(
-                [res["loss"] * res["n"], res["correct"], res["n"]],
-                dtype=torch.float64,
-                device=self.device,
-            )
-            dist.all_reduce(t)
-            nll, correct, n = t.tolist()
+            nll, correct, n = self._sum_over_ranks(res["loss"] * res["n"], res["correct"], res["n"])
             res = {**res, "loss": nll / n, "accuracy": correct / n, "correct": int(correct)}
             res["n"] = int(n)
         return res
