@@ -15,7 +15,6 @@ from hyperfrac.compare import (
     load_spec,
     mean_se,
     parse_arm,
-    run_compare,
     spec_from_dict,
 )
 from hyperfrac.compare.report import aggregate, fmt
@@ -45,16 +44,10 @@ def test_every_preset_builds_its_arms(name: str, tmp_path: Path):
             TransformerLM(cfg.model)
 
 
-def test_vision_preset_resolves_or_says_not_yet(tmp_path: Path, monkeypatch):
-    import hyperfrac.compare.driver as driver
-
+def test_vision_preset_resolves(tmp_path: Path):
     spec = load_spec("vit-fmnist")
-    if driver._vision_trainer():  # the issue-4 ViT trainer is present: the config must build
-        cfg = arm_config(spec, spec.arms[1], 0, tmp_path)
-        assert cfg.data.kind == "fashion_mnist" and cfg.model.connection["n_streams"] == 2
-    monkeypatch.setattr(driver, "_vision_trainer", lambda: False)
-    with pytest.raises(NotImplementedError, match="not yet"):
-        run_compare(spec, tmp_path)
+    cfg = arm_config(spec, spec.arms[1], 0, tmp_path)
+    assert cfg.data.kind == "fashion_mnist" and cfg.model.connection["n_streams"] == 2
 
 
 def test_parse_arm():

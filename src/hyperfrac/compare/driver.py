@@ -178,18 +178,6 @@ def calibrate_seconds_per_step(cfg, steps: int = 2) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-# ------------------------------------------------------------------------------ vision
-
-
-def _vision_trainer() -> bool:
-    """Whether the issue-4 image training path exists (``data.kind: fashion_mnist``)."""
-    try:
-        from hyperfrac.train.config import IMAGE_KINDS  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # -------------------------------------------------------------------------------- driver
 
 
@@ -216,12 +204,6 @@ def run_compare(
     from hyperfrac.compare.report import write_report
     from hyperfrac.train.config import dump_config
 
-    if spec.task == "vision" and not _vision_trainer():
-        raise NotImplementedError(
-            "not yet: comparing ViT arms needs the Fashion-MNIST loader and ViT trainer "
-            "(project issue 4, data.kind: fashion_mnist), which are not in this checkout; "
-            "language-model presets work now"
-        )
     spec = spec.scaled(budget)
     out = Path(out)
     runs_dir = out / "runs"

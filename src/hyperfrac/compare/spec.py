@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,8 @@ from typing import Any
 
 import yaml
 
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "compare"
+from hyperfrac.resources import compare_preset_names, compare_preset_path
+
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -203,7 +203,7 @@ def spec_from_dict(data: dict[str, Any]) -> CompareSpec:
 
 
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return compare_preset_names()
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -215,13 +215,7 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_preset(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no compare preset or file {str(name_or_path)!r}; presets: {available_presets()}"
-        )
+    path = compare_preset_path(name_or_path)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping")
@@ -230,7 +224,9 @@ def _read_preset(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[s
     if parent is not None:
         if str(parent) in seen:
             raise ValueError(f"{path}: 'extends' cycle through {parent!r}")
-        base = _read_preset(parent, (*seen, str(parent)))
+        # a sibling file of that name first (a user's own preset family), else a shipped one
+        sibling = path.parent / f"{parent}.yaml"
+        base = _read_preset(sibling if sibling.is_file() else parent, (*seen, str(parent)))
         # inherit the parent's base config (deep-merged) and analysis; nothing else
         data["base"] = _deep_merge(base.get("base", {}), data.get("base", {}) or {})
         data.setdefault("analysis", base.get("analysis", {"windows": 4, "max_tokens": 512}))
@@ -245,6 +241,3 @@ def load_spec(name_or_path: str | Path) -> CompareSpec:
     """
     return spec_from_dict(_read_preset(name_or_path))
 
-
-def spec_json(spec: CompareSpec) -> str:
-    return json.dumps(spec.to_dict(), sort_keys=True)

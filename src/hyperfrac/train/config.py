@@ -344,10 +344,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (or defaults when None) + dotted overrides -> validated :class:`RunConfig`."""
+    """YAML file or shipped config name (or defaults when None) + dotted overrides ->
+    validated :class:`RunConfig`."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
+        from hyperfrac.resources import run_config_path
+
+        path = run_config_path(path)
+        text = path.read_text()
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
