@@ -6,6 +6,7 @@ from torch import nn
 
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.connections import KINDS, build, options_for
+from hyperfrac.connections.registry import _factory_keywords
 
 from .helpers import mlp_branches, perturb
 
@@ -23,6 +24,13 @@ ALL_KINDS = [("residual", {}), ("postnorm", {})] + STREAM_KINDS
 def test_registry_lists_every_kind():
     assert set(KINDS) == {"residual", "postnorm", "hc", "dhc", "fc", "dfc", "mhc"}
     assert "n_streams" in options_for("dhc") and "n_fracs" in options_for("dfc")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_schema_covers_exactly_the_constructor_options(kind):
+    """The option schema and the class signatures cannot drift apart: a constructor option
+    without a schema entry would go unchecked, an entry without an option would fail."""
+    assert options_for(kind) == _factory_keywords(kind)
 
 
 def test_unknown_kind():

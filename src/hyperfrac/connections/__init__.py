@@ -5,6 +5,9 @@
     h = conn.expand(x)                 # (B, T, D) -> (B, T, 4, D)
     h = conn(h, branch)                # branch: (..., D) -> (..., D)
     y = conn.reduce(h)                 # (B, T, D)
+
+    validate_spec({"kind": "dhc", "n_stream": 4})   # ConnectionSpecError, without building:
+    # unknown option 'n_stream' for kind 'dhc' — did you mean 'n_streams'? ...
 """
 
 from hyperfrac.connections.analysis import (
@@ -17,12 +20,21 @@ from hyperfrac.connections.base import Connection, StreamConnection
 from hyperfrac.connections.frac import FracConnection
 from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.mhc import ManifoldHyperConnection
-from hyperfrac.connections.registry import KINDS, build, options_for, register
+from hyperfrac.connections.options import ConnectionSpecError
+from hyperfrac.connections.registry import (
+    KINDS,
+    build,
+    options_for,
+    register,
+    schema_for,
+    validate_spec,
+)
 from hyperfrac.connections.residual import PostNorm, Residual
 
 __all__ = [
     "KINDS",
     "Connection",
+    "ConnectionSpecError",
     "FracConnection",
     "HyperConnection",
     "ManifoldHyperConnection",
@@ -35,5 +47,7 @@ __all__ = [
     "overhead",
     "param_groups",
     "register",
+    "schema_for",
     "unfolded_connection_matrix",
+    "validate_spec",
 ]

@@ -26,6 +26,14 @@ from torch import Tensor, nn
 from hyperfrac.connections import functional as HF
 
 
+def _check_index(name: str, value: Any, minimum: int) -> None:
+    """``value`` must be an integer (not a bool, not 16.7) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
+
+
 class Connection(nn.Module):
     """Abstract connection. Subclasses define the stream layout and the two halves."""
 
@@ -35,10 +43,8 @@ class Connection(nn.Module):
 
     def __init__(self, dim: int, *, layer_idx: int = 0, channel_first: bool = False) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if layer_idx < 0:
-            raise ValueError(f"layer_idx must be >= 0, got {layer_idx}")
+        _check_index("dim", dim, 1)
+        _check_index("layer_idx", layer_idx, 0)
         self.dim = int(dim)
         self.layer_idx = int(layer_idx)
         self.channel_first = bool(channel_first)

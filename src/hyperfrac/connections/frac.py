@@ -30,8 +30,6 @@ class FracConnection(DynamicMixing):
     kind = "dfc"
 
     def __init__(self, dim: int, *, n_fracs: int = 4, layer_idx: int = 0, **options) -> None:
-        if not isinstance(n_fracs, int) or n_fracs < 1:
-            raise ValueError(f"n_fracs must be an integer >= 1, got {n_fracs!r}")
         if dim % n_fracs != 0:
             raise ValueError(
                 f"n_fracs={n_fracs} does not divide dim={dim}; choose n_fracs among the "

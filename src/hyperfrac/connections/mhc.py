@@ -70,12 +70,6 @@ class ManifoldHyperConnection(StreamConnection):
     ) -> None:
         super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
         self.recompute = bool(recompute)
-        if not isinstance(n_streams, int) or n_streams < 1:
-            raise ValueError(f"n_streams must be an integer >= 1, got {n_streams!r}")
-        if not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
-            raise ValueError(f"sinkhorn_iters must be an integer >= 1, got {sinkhorn_iters!r}")
-        if not 0.0 < pre_init < 1.0 or not 0.0 < res_init_diag < 1.0:
-            raise ValueError("pre_init and res_init_diag must lie strictly between 0 and 1")
         n = n_streams
         self.n_slots, self.slot_dim, self.n_inputs = n, dim, 1
         self.dynamic = bool(dynamic)

@@ -1,59 +1,164 @@
-"""Name -> connection class. Variants are registered here, never chosen by if-chains."""
+"""Name -> connection class and option schema. Variants are registered here, never chosen by
+if-chains, and a spec is checked here only (:func:`validate_spec`)."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from hyperfrac.connections.base import Connection
 from hyperfrac.connections.frac import FracConnection
-from hyperfrac.connections.hyper import DynamicMixing, HyperConnection
+from hyperfrac.connections.hyper import FREEZABLE, NORM_TYPES, HyperConnection
 from hyperfrac.connections.mhc import ManifoldHyperConnection
+from hyperfrac.connections.options import (
+    Choice,
+    ConnectionSpecError,
+    Count,
+    Flag,
+    Fraction,
+    Option,
+    Positive,
+    Subset,
+)
 from hyperfrac.connections.residual import PostNorm, Residual
 
-_REGISTRY: dict[str, Callable[..., Connection]] = {}
-_OPTIONS: dict[str, set[str]] = {}
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., Connection]
+    schema: Mapping[str, Option]
 
 
-def _keyword_options(*classes: type) -> set[str]:
-    names: set[str] = set()
-    for cls in classes:
-        for p in inspect.signature(cls.__init__).parameters.values():
-            if p.kind is p.KEYWORD_ONLY:
-                names.add(p.name)
-    return names
+_REGISTRY: dict[str, _Entry] = {}
 
 
-def register(name: str, factory: Callable[..., Connection], options: set[str]) -> None:
-    """Register ``factory(dim, *, layer_idx, **options)`` under ``name``."""
+def register(name: str, factory: Callable[..., Connection], schema: Mapping[str, Option]) -> None:
+    """Register ``factory(dim, *, layer_idx, **options)`` under ``name``; ``schema`` maps each
+    option the factory accepts to the :class:`~hyperfrac.connections.options.Option` that
+    checks its value."""
     if name in _REGISTRY:
         raise ValueError(f"connection kind {name!r} is already registered")
-    _REGISTRY[name] = factory
-    _OPTIONS[name] = set(options)
+    _REGISTRY[name] = _Entry(factory, dict(schema))
 
 
-_stream_opts = _keyword_options(DynamicMixing) - {"n_slots", "slot_dim", "n_inputs", "dynamic"}
-register("residual", Residual, {"channel_first"})
-register("postnorm", PostNorm, {"channel_first", "eps"})
-register("hc", partial(HyperConnection, dynamic=False), _stream_opts | {"n_streams"})
-register("dhc", partial(HyperConnection, dynamic=True), _stream_opts | {"n_streams"})
-register("fc", partial(FracConnection, dynamic=False), _stream_opts | {"n_fracs"})
-register("dfc", partial(FracConnection, dynamic=True), _stream_opts | {"n_fracs"})
-register("mhc", ManifoldHyperConnection, _keyword_options(ManifoldHyperConnection))
+_LAYOUT = {"channel_first": Flag("state layout (B, n, C, *spatial) for maps instead of (..., D)")}
+_RECOMPUTE = {"recompute": Flag("rebuild the branch input in backward (HC App. B)")}
+_MIXING = {  # options of DynamicMixing, shared by HC and FC
+    "tanh": Flag("tanh on the dynamic logits (HC Eq. 11-13; off: FC §5.1 ablation)"),
+    "norm": Flag("normalise each slot before the dynamic projection (HC Eq. 8)"),
+    "norm_type": Choice("that norm", choices=NORM_TYPES),
+    "norm_affine": Flag("learnable norm weight, folded into the projection"),
+    "rescale": Flag("learnable scales s_alpha, s_beta (off: FC §5.1 'w/o rescale')"),
+    "scale_init": Positive("initial s_alpha = s_beta (HC: 0.01)"),
+    "freeze": Subset("parts kept at init (HC Table 3)", choices=FREEZABLE),
+    "eps": Positive("norm epsilon"),
+    **_RECOMPUTE,
+    **_LAYOUT,
+}
+_STREAMS = {"n_streams": Count("n, copies of the hidden state (HC §2.1)")}
+_FRACS = {"n_fracs": Count("m, fractions of the hidden state (FC Eq. 6); must divide dim")}
+_MHC = {
+    **_STREAMS,
+    "dynamic": Flag("input-dependent coefficients (mHC Eq. 7); off: static b_* only"),
+    "norm": Flag("RMSNorm of vec(x) before the projection (mHC Eq. 7)"),
+    "tanh": Flag("tanh on the projected logits"),
+    "sinkhorn_iters": Count("Sinkhorn-Knopp rounds (mHC Eq. 9)"),
+    "scale_init": Positive("initial alpha_pre = alpha_post = alpha_res (mHC: 0.01)"),
+    "pre_init": Fraction("H_pre weight on stream layer_idx mod n at init"),
+    "res_init_diag": Fraction("diagonal of H_res at init"),
+    "eps": Positive("RMSNorm epsilon"),
+    **_RECOMPUTE,
+    **_LAYOUT,
+}
+
+register("residual", Residual, _LAYOUT)
+register("postnorm", PostNorm, {**_LAYOUT, "eps": Positive("LayerNorm epsilon")})
+register("hc", partial(HyperConnection, dynamic=False), {**_STREAMS, **_MIXING})
+register("dhc", partial(HyperConnection, dynamic=True), {**_STREAMS, **_MIXING})
+register("fc", partial(FracConnection, dynamic=False), {**_FRACS, **_MIXING})
+register("dfc", partial(FracConnection, dynamic=True), {**_FRACS, **_MIXING})
+register("mhc", ManifoldHyperConnection, _MHC)
 
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def options_for(kind: str) -> set[str]:
     """The keyword options that ``build(kind, ...)`` accepts."""
-    _check_kind(kind)
-    return set(_OPTIONS[kind]) - {"layer_idx"}
+    return set(_entry(kind).schema)
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown connection kind {kind!r}; expected one of {sorted(_REGISTRY)}")
+def schema_for(kind: str) -> dict[str, Option]:
+    """Option name -> :class:`~hyperfrac.connections.options.Option` (with its ``doc``)."""
+    return dict(_entry(kind).schema)
+
+
+def _factory_keywords(kind: str) -> set[str]:
+    """Keyword options the registered factory's class chain accepts: what its schema must
+    cover (a test holds the two equal, so a new constructor option cannot go unchecked)."""
+    factory = _entry(kind).factory
+    fixed = set(factory.keywords) if isinstance(factory, partial) else set()
+    cls = factory.func if isinstance(factory, partial) else factory
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if issubclass(klass, Connection) and "__init__" in klass.__dict__:
+            params = inspect.signature(klass.__dict__["__init__"]).parameters.values()
+            names.update(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+    return names - fixed - {"layer_idx", "n_slots", "slot_dim", "n_inputs"}
+
+
+def _entry(kind: str) -> _Entry:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        near = difflib.get_close_matches(str(kind), list(_REGISTRY), n=1)
+        hint = f" — did you mean {near[0]!r}?" if near else ""
+        raise ConnectionSpecError(
+            f"unknown connection kind {kind!r}{hint} (choose one of {', '.join(_REGISTRY)})"
+        )
+    return _REGISTRY[kind]
+
+
+def _unknown_option(kind: str, name: Any, valid: set[str]) -> ConnectionSpecError:
+    near = difflib.get_close_matches(str(name), sorted(valid), n=1)
+    msg = f"unknown option {name!r} for kind {kind!r}"
+    if near:
+        msg += f" — did you mean {near[0]!r}?"
+    elsewhere = sorted(k for k, e in _REGISTRY.items() if name in e.schema)
+    if elsewhere:
+        msg += f" ({name!r} is an option of {', '.join(elsewhere)})"
+    return ConnectionSpecError(f"{msg} (valid options: {', '.join(sorted(valid)) or 'none'})")
+
+
+def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a ``{"kind": ..., **options}`` spec without building a module.
+
+    The kind must be registered, every option name known for that kind (with a did-you-mean
+    suggestion otherwise) and every value of the type and range its schema says (bools real
+    bools, counts integers >= 1, eps and scales finite and > 0). Checks that need the model
+    width (``n_fracs`` divides ``dim``) happen in :func:`build`. Returns a normalised copy,
+    kind first; raises :class:`~hyperfrac.connections.options.ConnectionSpecError`.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConnectionSpecError(
+            f"a connection spec is a mapping such as {{'kind': 'dhc', 'n_streams': 4}}, "
+            f"got {spec!r} ({type(spec).__name__})"
+        )
+    if "kind" not in spec:
+        raise ConnectionSpecError(
+            f"connection spec {dict(spec)!r} has no 'kind'; add one of {', '.join(_REGISTRY)}"
+        )
+    kind = spec["kind"]
+    schema = _entry(kind).schema
+    out: dict[str, Any] = {"kind": kind}
+    for name, value in spec.items():
+        if name == "kind":
+            continue
+        if name not in schema:
+            raise _unknown_option(kind, name, set(schema))
+        out[name] = schema[name].check(kind, name, value)
+    return out
 
 
 def build(kind: str, dim: int, *, layer_idx: int = 0, **options) -> Connection:
@@ -61,17 +166,13 @@ def build(kind: str, dim: int, *, layer_idx: int = 0, **options) -> Connection:
 
     Args:
         kind: one of :data:`KINDS` ("residual", "postnorm", "hc", "dhc", "fc", "dfc", "mhc").
-        dim: model width D.
+        dim: model width D, an integer >= 1.
         layer_idx: index of the layer (sub-layer: attention and FFN count separately); HC
             reads stream ``layer_idx mod n`` at init (HC Eq. 14).
-        **options: kind-specific options, e.g. ``n_streams``, ``n_fracs``, ``tanh``, ``norm``,
-            ``rescale``, ``freeze``, ``sinkhorn_iters``, ``channel_first``.
+        **options: kind-specific options, checked by :func:`validate_spec`, e.g.
+            ``n_streams``, ``n_fracs``, ``tanh``, ``norm``, ``rescale``, ``freeze``,
+            ``sinkhorn_iters``, ``channel_first`` (see :func:`schema_for`).
     """
-    _check_kind(kind)
-    unknown = set(options) - _OPTIONS[kind]
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)} for connection kind {kind!r}; "
-            f"valid options: {sorted(options_for(kind))}"
-        )
-    return _REGISTRY[kind](dim, layer_idx=layer_idx, **options)
+    spec = validate_spec({"kind": kind, **options})
+    del spec["kind"]
+    return _REGISTRY[kind].factory(dim, layer_idx=layer_idx, **spec)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperfrac.connections import build, validate_spec
 from hyperfrac.models.layers import (
     NORMS,
     Attention,
@@ -132,8 +133,7 @@ class LMConfig:
             raise ValueError(f"n_heads={self.n_heads} does not divide dim={self.dim}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
-        if "kind" not in self.connection:
-            raise ValueError("model.connection needs a 'kind', e.g. {kind: residual}")
+        validate_spec(self.connection)
 
 
 class LMOutput(NamedTuple):
@@ -148,14 +148,9 @@ class LMOutput(NamedTuple):
 
 
 def build_connection(spec: dict[str, Any], dim: int, layer_idx: int) -> nn.Module:
-    """Resolve ``{"kind": ..., **options}`` through the connection registry."""
-    from hyperfrac.connections import KINDS, build
-
+    """Resolve ``{"kind": ..., **options}`` through the connection registry (which checks it)."""
     options = dict(spec)
-    kind = options.pop("kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown connection kind {kind!r}; choose one of {KINDS}")
-    return build(kind, dim, layer_idx=layer_idx, **options)
+    return build(options.pop("kind", None), dim, layer_idx=layer_idx, **options)
 
 
 class TransformerLM(nn.Module):

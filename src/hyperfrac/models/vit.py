@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hyperfrac.connections import validate_spec
 from hyperfrac.models.layers import NORMS, Attention, Block, SwiGLU, build_norm, init_linear
 from hyperfrac.models.lm import build_connection
 
@@ -71,6 +72,7 @@ class ViTConfig:
             raise ValueError(f"norm={self.norm!r}; choose one of {NORMS}")
         if self.dim % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} does not divide dim={self.dim}")
+        validate_spec(self.connection)
 
 
 class ViT(nn.Module):
