@@ -7,23 +7,28 @@ overrides are applied (values parsed as YAML, so ``optim.lr=3e-4``, ``train.comp
 the field's type. ``model: {preset: cpu-6x256, ...}`` starts from a named preset of
 :mod:`hyperfrac.models.presets` and replaces the listed fields. The resolved config (no preset
 key, every field explicit) is what ``--dry-run`` prints and what every run folder and
-checkpoint stores.
-
-Field docstrings (the string under each field) are the reference documentation.
+checkpoint stores. Building a :class:`RunConfig` (:func:`from_dict`, so :func:`load_config` and
+``--dry-run`` too) range-checks every value (:data:`RANGES`, :data:`CHOICES`, the connection
+spec with :func:`hyperfrac.connections.validate_spec`): a config that loads never fails later on
+a bad value. Field docstrings (the string under each field) are the documentation, ranges included.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from hyperfrac.data.prepare import CORPORA
 from hyperfrac.models.lm import LMConfig, MoEConfig
 from hyperfrac.models.presets import preset_config
 from hyperfrac.models.vit import ViTConfig
@@ -39,47 +44,61 @@ class DataConfig:
     ViT: ``model`` then holds :class:`hyperfrac.models.ViTConfig` fields)."""
     corpus: str = "shakespeare"
     """Prepared corpus name (``hyperfrac data prepare --corpus``): shakespeare | lit | lit+docs |
-    textdir."""
+    textdir (checked when it names the folder: text data without ``path``)."""
     vocab_size: int = 8192
-    """BPE vocabulary of the prepared dataset (its folder is ``<corpus>-bpe<vocab_size>``)."""
+    """BPE vocabulary of the dataset (its folder is ``<corpus>-bpe<vocab_size>``); >= 258."""
     path: str | None = None
-    """Prepared dataset folder; None = ``$HYPERFRAC_CACHE/datasets/<corpus>-bpe<vocab_size>``."""
+    """Prepared dataset folder (not empty); None = ``<cache>/datasets/<corpus>-bpe<vocab_size>``."""
     seq_len: int = 256
-    """Tokens per training sequence."""
+    """Tokens per training sequence; >= 1 and <= ``model.max_seq_len`` (text)."""
+
+    def validate(self) -> None:
+        _check_values(self, "data")
+        if self.path == "":
+            raise ValueError("data.path='' is empty; give a prepared dataset folder or null")
+        if self.kind == "text" and self.path is None:
+            _check_choice("data.corpus", self.corpus, CORPORA)
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
-    """Peak learning rate."""
+    """Peak learning rate; finite, > 0."""
     betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
+    """AdamW betas; each in [0, 1)."""
     eps: float = 1e-8
-    """AdamW epsilon."""
+    """AdamW epsilon; finite, > 0."""
     weight_decay: float = 0.1
-    """Decoupled weight decay on matrices (none on static connection params, norms, scales)."""
+    """Decoupled weight decay on matrices (not static connection params, norms, scales); >= 0."""
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this value; 0 = no clipping (the norm is still logged)."""
+    """Clip the global gradient norm to this value, >= 0; 0 = no clipping (norm still logged)."""
     schedule: str = "cosine"
     """cosine | wsd (warmup-stable-decay) | constant; all with linear warmup."""
     warmup_steps: int = 100
-    """Linear warmup from 0 to ``lr`` over this many steps."""
+    """Linear warmup from 0 to ``lr`` over this many steps; >= 0 (a warmup as long as
+    ``train.steps`` or longer is allowed: the run then ends before reaching ``lr``)."""
     min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of ``lr`` (cosine and wsd)."""
+    """Final learning rate as a fraction of ``lr`` (cosine and wsd); in [0, 1]."""
     decay_fraction: float = 0.2
-    """wsd: fraction of the steps spent in the final linear decay."""
+    """wsd: fraction of the steps spent in the final linear decay; in [0, 1]."""
+
+    def validate(self) -> None:
+        _check_values(self, "optim")
+        for i, b in enumerate(self.betas):
+            Range(0, 1, hi_open=True).check(f"optim.betas[{i}]", b, "e.g. [0.9, 0.95]")
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    """Optimizer steps of the full run (the schedule spans these)."""
+    """Optimizer steps of the full run (the schedule spans these); >= 1."""
     stop_at: int | None = None
-    """Stop (and checkpoint) after this step although ``steps`` is larger; resume later."""
+    """Stop (and checkpoint) after this step although ``steps`` is larger; resume later. None or
+    >= 1 (a value >= ``steps`` has no effect)."""
     batch_size: int = 16
-    """Sequences per micro-batch per rank."""
+    """Sequences per micro-batch per rank; >= 1."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step (tokens/step = batch_size*seq_len*grad_accum*ranks)."""
+    """Micro-batches per optimizer step; >= 1. Tokens/step: batch_size*seq_len*grad_accum*ranks."""
     precision: str = "fp32"
     """fp32 | bf16 (autocast; fp32 master weights and optimizer state)."""
     compile: bool = False
@@ -90,38 +109,51 @@ class TrainConfig:
     and on the root, so parameters, gradients and optimizer state are sharded over the ranks).
     Ignored in a single process."""
     device: str = "auto"
-    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N (any device torch can parse)."""
     threads: int | None = None
-    """torch.set_num_threads on CPU; None keeps torch's default."""
+    """torch.set_num_threads on CPU; None keeps torch's default; else >= 1."""
     on_nonfinite: str = "skip"
     """On a NaN/inf loss or grad norm: skip (drop the update, log it) | raise (stop, error)."""
     max_skipped_steps: int = 10
-    """Stop with an error after this many consecutive skipped steps."""
+    """Stop with an error after more than this many consecutive skipped steps; >= 0."""
     spike_window: int = 128
-    """Loss-spike monitor: number of recent losses in the rolling statistics."""
+    """Loss-spike monitor: number of recent losses in the rolling statistics; >= 2."""
     spike_sigma: float = 6.0
-    """A loss above mean + spike_sigma * std of the window is logged as a spike."""
+    """A loss above mean + spike_sigma * std of the window is logged as a spike; finite, > 0."""
     spike_min_history: int = 20
-    """Losses needed before the spike monitor flags anything."""
+    """Losses needed before the spike monitor flags anything; in [2, spike_window]."""
+
+    def validate(self) -> None:
+        _check_values(self, "train")
+        if self.spike_min_history > self.spike_window:
+            raise ValueError(
+                f"train.spike_min_history={self.spike_min_history} exceeds train.spike_window="
+                f"{self.spike_window}, so no spike is ever flagged; lower one or raise the other"
+            )
+        try:
+            self.device == "auto" or torch.device(self.device)
+        except (RuntimeError, ValueError):
+            msg = f"train.device={self.device!r} is no torch device; use auto, cpu, cuda or cuda:N"
+            raise ValueError(msg) from None
 
 
 @dataclass
 class EvalConfig:
     interval: int = 200
-    """Validate every this many steps (and at the end); 0 = only at the end."""
+    """Validate every this many steps (and at the end); 0 = only at the end; >= 0."""
     batch_size: int = 16
-    """Sequences per validation batch."""
+    """Sequences per validation batch; >= 1."""
     max_batches: int | None = None
     """Validation batches per evaluation (the first ``max_batches * batch_size`` windows or
-    images, shared by the ranks); None = the whole validation split."""
+    images, shared by the ranks); None = the whole validation split; else >= 1."""
 
 
 @dataclass
 class CheckpointConfig:
     interval: int = 500
-    """Checkpoint every this many steps (and always at the end or at ``train.stop_at``)."""
+    """Checkpoint every this many steps, >= 0 (and always at the end or at ``train.stop_at``)."""
     keep: int = 2
-    """Keep the last k complete checkpoints."""
+    """Keep the last k complete checkpoints; >= 1."""
     resume: str = "auto"
     """auto (latest complete checkpoint of the run if any) | never | PATH of a checkpoint."""
     safetensors: bool = True
@@ -132,11 +164,21 @@ class CheckpointConfig:
     every rank writes its shards; resumable on any number of processes, with or without FSDP) |
     auto (sharded when ``train.parallel=fsdp``, else full)."""
 
+    def validate(self) -> None:
+        _check_values(self, "checkpoint")
+        near = difflib.get_close_matches(self.resume, ("auto", "never"), n=1, cutoff=0.75)
+        typo = near != [self.resume] and (near or not self.resume)  # and not a real path:
+        if typo and not Path(self.resume).exists():
+            raise ValueError(
+                f"checkpoint.resume={self.resume!r} is neither auto, never nor an existing "
+                "checkpoint folder" + (f" — did you mean {near[0]!r}?" if near else "")
+            )
+
 
 @dataclass
 class LogConfig:
     interval: int = 10
-    """Console line and metrics.jsonl record every this many steps."""
+    """Console line and metrics.jsonl record every this many steps; >= 1."""
     progress: str = "auto"
     """Progress bar: auto (only on a terminal) | always | never."""
     tensorboard: bool = False
@@ -146,14 +188,16 @@ class LogConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
-    """Run name; the run folder is ``out_dir/name``."""
+    """Run name; the run folder is ``out_dir/name``, so one plain folder name (no ``/``, ``\\``,
+    ``.`` or ``..``)."""
     out_dir: str = "runs"
     """Parent folder of run folders."""
     seed: int = 0
-    """Seed for init and data order."""
+    """Seed for init and data order; in [0, 2**32)."""
     model: LMConfig | ViTConfig = field(default_factory=LMConfig)
     """Decoder LM (fields of :class:`hyperfrac.models.LMConfig`; ``preset:`` to start from one);
-    with an image ``data.kind`` a ViT (fields of :class:`hyperfrac.models.ViTConfig`)."""
+    with an image ``data.kind`` a ViT (fields of :class:`hyperfrac.models.ViTConfig`). Ranges in
+    :data:`RANGES`; ``connection`` is checked by :func:`hyperfrac.connections.validate_spec`."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -166,45 +210,128 @@ class RunConfig:
         return Path(self.out_dir) / self.name
 
     def validate(self) -> None:
-        choices = {
-            ("optim", "schedule"): ("cosine", "wsd", "constant"),
-            ("train", "precision"): PRECISIONS,
-            ("train", "on_nonfinite"): ("skip", "raise"),
-            ("train", "parallel"): ("ddp", "fsdp"),
-            ("checkpoint", "format"): ("auto", "full", "sharded"),
-            ("log", "progress"): ("auto", "always", "never"),
-        }
-        for (sec, key), allowed in choices.items():
-            value = getattr(getattr(self, sec), key)
-            if value not in allowed:
-                raise ValueError(f"{sec}.{key}={value!r}; choose one of {allowed}")
-        positive = {
-            "train.steps": self.train.steps,
-            "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "data.seq_len": self.data.seq_len,
-            "log.interval": self.log.interval,
-            "eval.batch_size": self.eval.batch_size,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{key}={value} must be >= 1")
+        """Check every value (each section's ranges and choices, then what spans sections)."""
+        _check_run_name(self.name)
+        _check_choice("data.kind", self.data.kind, ("text", *IMAGE_KINDS))
         image = self.data.kind in IMAGE_KINDS
-        if self.data.kind not in ("text", *IMAGE_KINDS):
-            raise ValueError(
-                f"data.kind={self.data.kind!r}; choose one of {('text', *IMAGE_KINDS)}"
-            )
         if image != isinstance(self.model, ViTConfig):
             raise ValueError(
                 f"data.kind={self.data.kind!r} needs a "
                 + ("ViT (ViTConfig) model" if image else "language model (LMConfig)")
             )
+        moe = None if image else self.model.moe
+        for where, sec in (("", self), ("model", self.model), ("model.moe", moe),
+                           ("eval", self.eval), ("log", self.log)):
+            if sec is not None:
+                _check_values(sec, where)
+        for section in (self.data, self.optim, self.train, self.checkpoint):
+            section.validate()
+        if moe is not None and moe.top_k > moe.n_experts:
+            raise ValueError(f"model.moe.top_k={moe.top_k} exceeds model.moe.n_experts="
+                             f"{moe.n_experts}; choose top_k <= n_experts")
         if not image and self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
-                f"{self.model.max_seq_len}; raise model.max_seq_len"
+                f"{self.model.max_seq_len}; raise model.max_seq_len or lower data.seq_len"
             )
-        self.model.validate()
+        self.model.validate()  # shape rules, and model.connection by connections.validate_spec
+
+
+# ------------------------------------------------------------------------------- value checks
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric field (None = unbounded); floats must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    hi_open: bool = False
+    lo_open: bool = False
+
+    def check(self, key: str, v: float, fix: str, null: str = "") -> None:
+        """Raise a ValueError naming ``key``, the interval and ``fix`` unless ``v`` is inside."""
+        lo_ok = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        hi_ok = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        if not (lo_ok and hi_ok and (not isinstance(v, float) or math.isfinite(v))):
+            finite = "a finite number " if isinstance(v, float) else ""
+            raise ValueError(f"{key}={v!r} must be {finite}{self.text()}{null}; {fix}")
+
+    def text(self) -> str:
+        """``in [0, 1)``, ``>= 1``, ``> 0``: the interval as the error messages spell it."""
+        lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.lo, self.hi))
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"in {left}{lo}, {hi}{right}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {lo}"
+        return f"{'<' if self.hi_open else '<='} {hi}"
+
+
+_GE0, _GE1, _GT0, _FRACTION = Range(0), Range(1), Range(0, lo_open=True), Range(0, 1)
+RANGES: dict[type, dict[str, Range]] = {
+    RunConfig: {"seed": Range(0, 2**32, hi_open=True)},
+    DataConfig: {"vocab_size": Range(258), "seq_len": _GE1},
+    OptimConfig: {"lr": _GT0, "eps": _GT0, "weight_decay": _GE0, "grad_clip": _GE0,
+                  "warmup_steps": _GE0, "min_lr_ratio": _FRACTION, "decay_fraction": _FRACTION},
+    TrainConfig: {"steps": _GE1, "stop_at": _GE1, "batch_size": _GE1, "grad_accum": _GE1,
+                  "threads": _GE1, "max_skipped_steps": _GE0, "spike_window": Range(2),
+                  "spike_sigma": _GT0, "spike_min_history": Range(2)},
+    EvalConfig: {"interval": _GE0, "batch_size": _GE1, "max_batches": _GE1},
+    CheckpointConfig: {"interval": _GE0, "keep": _GE1},
+    LogConfig: {"interval": _GE1},
+    LMConfig: {"vocab_size": _GE1, "dim": _GE1, "n_layers": _GE1, "n_heads": _GE1,
+               "n_kv_heads": _GE1, "mlp_hidden": _GE1, "multiple_of": _GE1, "max_seq_len": _GE1,
+               "rope_theta": _GT0, "norm_eps": _GT0, "final_norm_eps": _GT0, "init_std": _GE0},
+    ViTConfig: {"image_size": _GE1, "patch_size": _GE1, "in_channels": _GE1, "num_classes": _GE1,
+                "dim": _GE1, "n_layers": _GE1, "n_heads": _GE1, "mlp_hidden": _GE1,
+                "norm_eps": _GT0, "init_std": _GE0},
+    MoEConfig: {"n_experts": _GE1, "top_k": _GE1, "expert_hidden": _GE1,
+                "capacity_factor": _GT0, "lb_loss_weight": _GE0, "z_loss_weight": _GE0},
+}
+"""Allowed range of every numeric field, by section class (None is always allowed)."""
+CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    OptimConfig: {"schedule": ("cosine", "wsd", "constant")},
+    TrainConfig: {"precision": PRECISIONS, "on_nonfinite": ("skip", "raise"),
+                  "parallel": ("ddp", "fsdp")},
+    CheckpointConfig: {"format": ("auto", "full", "sharded")},
+    LogConfig: {"progress": ("auto", "always", "never")},
+}
+"""Allowed words of every enumerated string field, by section class."""
+
+
+def _did_you_mean(value: str, allowed: Any) -> str:
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" — did you mean {near[0]!r}?" if near else ""
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}; choose one of {allowed}{_did_you_mean(value, allowed)}")
+
+
+def _check_values(obj: Any, where: str) -> None:
+    """Range- and choice-check the fields of one section against :data:`RANGES`/:data:`CHOICES`;
+    the fix an error suggests is the field's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    hints, prefix = typing.get_type_hints(type(obj)), f"{where}." if where else ""
+    for name, rng in RANGES.get(type(obj), {}).items():
+        value, key = getattr(obj, name), prefix + name
+        if value is not None:
+            default = yaml.safe_dump(defaults[name], default_flow_style=True).split("\n")[0]
+            null = " or null" if type(None) in typing.get_args(hints[name]) else ""
+            rng.check(key, value, f"e.g. {key}={default} (the default)", null)
+    for name, allowed in CHOICES.get(type(obj), {}).items():
+        _check_choice(prefix + name, getattr(obj, name), allowed)
+
+
+def _check_run_name(name: str) -> None:
+    """A run name is one folder name inside ``out_dir``: it cannot be empty or climb out."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(
+            f"name={name!r} must be one plain folder name (no '/', '\\\\', '.' or '..'), since "
+            "the run folder is out_dir/name; put the parent folder in out_dir instead"
+        )
 
 
 # ---------------------------------------------------------------------------- dict <-> dataclass
@@ -256,9 +383,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
+    if tp is bool and not isinstance(value, bool):
         raise TypeError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -275,15 +400,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         raise TypeError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
+    if tp is str and not isinstance(value, str):
         raise TypeError(f"{where}: expected a string, got {value!r}")
     return value
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a (nested) dict, type-checking every field."""
+    """Build dataclass ``cls`` from a (nested) dict, type-checking every field; a
+    :class:`RunConfig` is also range-checked (:meth:`RunConfig.validate`)."""
     data = dict(data)
     if cls in (LMConfig, ViTConfig) and "preset" in data:
         base = preset_config(data.pop("preset"))
@@ -298,17 +422,21 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     if cls is RunConfig:  # the model section is a ViT for image data, else a decoder LM
         kind = (data.get("data") or {}).get("kind", "text")
-        if kind not in ("text", *IMAGE_KINDS):
-            raise ValueError(f"data.kind={kind!r}; choose one of {('text', *IMAGE_KINDS)}")
+        _check_choice("data.kind", kind, ("text", *IMAGE_KINDS))
         hints["model"] = ViTConfig if kind in IMAGE_KINDS else LMConfig
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
+        hint = _did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
         raise KeyError(
             f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(names)}"
+            + hint
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if cls is RunConfig:  # the whole run: every value checked here, once
+        obj.validate()
+    return obj
 
 
 def to_dict(obj: Any) -> Any:
@@ -356,9 +484,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    cfg = from_dict(RunConfig, data)
-    cfg.validate()
-    return cfg
+    return from_dict(RunConfig, data)
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -367,18 +493,7 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 __all__ = [
-    "CheckpointConfig",
-    "DataConfig",
-    "EvalConfig",
-    "LMConfig",
-    "LogConfig",
-    "MoEConfig",
-    "OptimConfig",
-    "RunConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "dump_config",
-    "from_dict",
-    "load_config",
-    "to_dict",
+    "CheckpointConfig", "DataConfig", "EvalConfig", "LMConfig", "LogConfig", "MoEConfig",
+    "OptimConfig", "RunConfig", "TrainConfig", "apply_overrides", "dump_config", "from_dict",
+    "load_config", "to_dict",
 ]
