@@ -17,6 +17,7 @@ Layouts (D = model width, n streams, m fractions):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -69,6 +70,35 @@ class Connection(nn.Module):
 
     def connection_matrix(self, h: Tensor | None = None) -> Tensor:
         raise NotImplementedError
+
+    # ------------------------------------------------------------ door checks
+    # Cheap by design (dtype and shape metadata only: no device sync, no graph break).
+    def _check_input(self, t: Any, what: str) -> None:
+        """``t`` must be a floating-point tensor: integer states would be truncated."""
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{self.kind}: {what} must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{self.kind}: {what} has dtype {t.dtype}; connections mix floating-point "
+                "hidden states (embed token ids first, or cast with .float())"
+            )
+
+    def _check_branch_output(self, out: Any, want: tuple[int, ...]) -> None:
+        """The branch must return one tensor of the shape of its input, ``want``."""
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"{self.kind}: the branch returned {type(out).__name__}, expected one tensor of "
+                f"shape {want} (a branch with extra outputs must return only the tensor)"
+            )
+        got = tuple(out.shape)
+        if got != want:
+            axis = 1 if self.channel_first else -1
+            width = got[axis] if len(got) > (1 if self.channel_first else 0) else None
+            what = f"width {width}, expected dim={self.dim}: " if width != self.dim else ""
+            raise ValueError(
+                f"{self.kind}: branch returned {what}shape {got}, but its input had shape "
+                f"{want}; a branch must return the shape of its input"
+            )
 
     def forward(self, h: Tensor, branch: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         x, state = self.width_connection(h)
@@ -192,11 +222,13 @@ class StreamConnection(Connection):
 
     def _flatten(self, h: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """State -> (N, S, Ds) contiguous, plus the leading shape to restore."""
+        self._check_input(h, "stream state")
         self._check_state(h)
         if self.channel_first:
             h = h.movedim(1, -1).movedim(1, -1)  # (B, n, C, *sp) -> (B, *sp, n, C)
         lead = tuple(h.shape[:-2])
-        return h.reshape(-1, self.n_slots, self.slot_dim), lead  # (N, S, Ds)
+        # N explicit, not -1: an empty batch (B = 0 or T = 0) has no size to infer
+        return h.reshape(math.prod(lead), self.n_slots, self.slot_dim), lead  # (N, S, Ds)
 
     def _unflatten(self, hb: Tensor, lead: tuple[int, ...]) -> Tensor:
         h = hb.reshape(*lead, self.n_slots, self.slot_dim)  # (..., S, Ds)
@@ -209,15 +241,16 @@ class StreamConnection(Connection):
         x = xb.reshape(*lead, self.n_inputs * self.slot_dim)  # (..., D)
         return x.movedim(-1, 1) if self.channel_first else x
 
-    def _from_model(self, out: Tensor, n_rows: int) -> Tensor:
-        """Branch output (..., D) or (B, D, *sp) -> (N, R, Ds)."""
+    def _model_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the branch input for a state with leading shape ``lead``."""
+        return (lead[0], self.dim, *lead[1:]) if self.channel_first else (*lead, self.dim)
+
+    def _from_model(self, out: Tensor, lead: tuple[int, ...]) -> Tensor:
+        """Branch output (..., D) or (B, D, *sp), exactly the branch input's shape -> (N, R, Ds)."""
+        self._check_branch_output(out, self._model_shape(lead))
         if self.channel_first:
             out = out.movedim(1, -1)
-        if out.shape[-1] != self.dim:
-            raise ValueError(
-                f"{self.kind}: branch returned width {out.shape[-1]}, expected dim={self.dim}"
-            )
-        return out.reshape(n_rows, -1, self.slot_dim)  # (N, R, Ds)
+        return out.reshape(math.prod(lead), self.n_inputs, self.slot_dim)  # (N, R, Ds)
 
     # --------------------------------------------------------------- the halves
     def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
@@ -227,7 +260,7 @@ class StreamConnection(Connection):
         return self._to_model(xb, lead), StreamState(hb, p, q, beta, lead)
 
     def depth_connection(self, out: Tensor, state: StreamState) -> Tensor:
-        ob = self._from_model(out, state.h.shape[0])  # (N, R, Ds)
+        ob = self._from_model(out, state.lead)  # (N, R, Ds)
         return self._unflatten(HF.depth_apply(state.h, state.q, state.beta, ob), state.lead)
 
     def forward(self, h: Tensor, branch: Callable[..., Tensor], *args, **kwargs) -> Tensor:

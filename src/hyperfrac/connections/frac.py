@@ -56,6 +56,7 @@ class FracConnection(DynamicMixing):
 
     def expand(self, x: Tensor) -> Tensor:
         """Split the hidden state into m fractions (FC Eq. 6)."""
+        self._check_input(x, "input")
         m, ds = self.n_slots, self.slot_dim
         if self.channel_first:
             return x.unflatten(1, (m, ds))  # (B, C, *sp) -> (B, m, C/m, *sp)

@@ -164,6 +164,7 @@ class HyperConnection(DynamicMixing):
 
     def expand(self, x: Tensor) -> Tensor:
         """Copy the hidden state into n identical streams (HC §2.1)."""
+        self._check_input(x, "input")
         n = self.n_slots
         # materialised (not a stride-0 view): the kernels' bmm falls off its fast path otherwise
         if self.channel_first:

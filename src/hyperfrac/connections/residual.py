@@ -23,15 +23,18 @@ class Residual(Connection):
     kind = "residual"
 
     def expand(self, x: Tensor) -> Tensor:
+        self._check_input(x, "input")
         return x
 
     def reduce(self, h: Tensor) -> Tensor:
         return h
 
     def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
+        self._check_input(h, "hidden state")
         return h, h
 
     def depth_connection(self, out: Tensor, state: Any) -> Tensor:
+        self._check_branch_output(out, tuple(state.shape))  # no silent broadcasting
         return state + out
 
     def connection_matrix(self, h: Tensor | None = None) -> Tensor:
@@ -63,7 +66,7 @@ class PostNorm(Residual):
         self.eps = eps
 
     def depth_connection(self, out: Tensor, state: Any) -> Tensor:
-        y = state + out
+        y = super().depth_connection(out, state)
         if self.channel_first:
             y = y.movedim(1, -1)
         y = F.layer_norm(y, (self.dim,), self.norm_weight, self.norm_bias, self.eps)
