@@ -42,7 +42,7 @@ def _resolve(name_or_path: str | Path, folder: Path, what: str, names: list[str]
     shipped = folder / f"{name_or_path}{_SUFFIX}"
     if not str(name_or_path).endswith(_SUFFIX) and shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"no {what} or file {str(name_or_path)!r}; shipped: {names}")
+    raise FileNotFoundError(f"no {what} or file {str(name_or_path)!r}; {what}s: {names}")
 
 
 def run_config_path(name_or_path: str | Path) -> Path:
@@ -52,5 +52,5 @@ def run_config_path(name_or_path: str | Path) -> Path:
 
 def compare_preset_path(name_or_path: str | Path) -> Path:
     """An existing YAML path, or the shipped compare preset of that name."""
-    return _resolve(name_or_path, _config_root() / "compare", "compare preset",
+    return _resolve(name_or_path, _config_root() / "compare", "preset",
                     compare_preset_names())

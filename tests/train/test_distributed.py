@@ -79,7 +79,7 @@ def _worker(rank: int, port: int, overrides: list[str], report: str) -> None:
             fut.set_result(t / dist.get_world_size())
             return fut
 
-        trainer.parallel.register_comm_hook(None, hook)
+        trainer.train_model.register_comm_hook(None, hook)
     summary = trainer.fit()
     info: dict = {"summary": summary, "reduced_at_steps": reduced, "sharding": {}}
     full = {}

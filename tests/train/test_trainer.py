@@ -255,7 +255,8 @@ def test_loss_spike_is_logged(tmp_path: Path, tiny_dataset: Path):
 
 
 def test_sharded_checkpoint_layout_and_load_run(tmp_path: Path, tiny_dataset: Path):
-    from hyperfrac.train.checkpoint import is_sharded_checkpoint, load_run
+    from hyperfrac.runs import load_run
+    from hyperfrac.train.checkpoint import is_sharded_checkpoint
 
     cfg = make_cfg(
         tmp_path,
@@ -271,10 +272,10 @@ def test_sharded_checkpoint_layout_and_load_run(tmp_path: Path, tiny_dataset: Pa
     names = {p.name for p in ckpt.iterdir()}
     assert {"dcp", "scheduler.pt", "train_state.pt", "config.yaml", "COMPLETE"} <= names
     assert "model.pt" not in names and "optim.pt" not in names
-    model, _, path, state = load_run(trainer.run_dir)  # eval / export / analyze path
-    assert path == ckpt and state["step"] == 3
+    run = load_run(trainer.run_dir)  # eval / export / analyze path
+    assert run.checkpoint == ckpt and run.train_state["step"] == 3
     for (name, a), b in zip(
-        trainer.model.state_dict().items(), model.state_dict().values(), strict=True
+        trainer.model.state_dict().items(), run.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
 

@@ -68,9 +68,9 @@ def _load(args: argparse.Namespace):
         model = HyperfracForCausalLM.from_pretrained(run).model
         tok_path = args.tokenizer or run / "tokenizer.json"
     else:
-        from hyperfrac.hf.export import load_run
+        from hyperfrac.hf.export import load_lm_run
 
-        model, _, tok_path = load_run(run, args.checkpoint)
+        model, _, tok_path = load_lm_run(run, args.checkpoint)
         tok_path = args.tokenizer or tok_path
     if tok_path is None or not Path(tok_path).is_file():
         raise SystemExit(f"no tokenizer.json for {run}; pass --tokenizer PATH")

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +40,9 @@ from typing import Any
 
 import torch
 
+from hyperfrac.compare.processes import FolderLock, run_child, sigterm_as_interrupt
 from hyperfrac.compare.spec import Arm, CompareSpec, arm_hash
+from hyperfrac.models import build_model
 from hyperfrac.precision import autocast as precision_autocast
 
 Log = Callable[[str], None]
@@ -77,17 +78,25 @@ def arm_fingerprint(spec: CompareSpec, arm: Arm, seed: int) -> str:
                                 "seed": int(seed)}, sort_keys=True))
 
 
+def shared_init(seed: int):
+    """Model factory giving every arm of ``seed`` the same initial branch weights (see the
+    module docstring); it runs before the trainer compiles or wraps the model."""
+
+    def factory(task):
+        model = task.build_model()
+        torch.manual_seed(seed)
+        model.reset_parameters()
+        torch.manual_seed(seed)
+        return model
+
+    return factory
+
+
 def build_trainer(cfg):
-    """A :class:`~hyperfrac.train.Trainer` whose fresh model has the seed's shared branch init
-    (see the module docstring); a resumed trainer is left as loaded."""
+    """The :class:`~hyperfrac.train.Trainer` of one arm (resumes its latest checkpoint)."""
     from hyperfrac.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    if trainer.resumed_from is None and trainer.step == 0:
-        torch.manual_seed(cfg.seed)
-        trainer.model.reset_parameters()
-        torch.manual_seed(cfg.seed)
-    return trainer
+    return Trainer(cfg, model_factory=shared_init(cfg.seed))
 
 
 def _summary(run_dir: Path) -> dict[str, Any] | None:
@@ -125,16 +134,12 @@ def train_in_process(cfg) -> dict[str, Any]:
 
 def train_subprocess(cfg, config_path: Path) -> dict[str, Any]:
     """Train one arm in a child process (``python -m hyperfrac.compare.worker``) so that its
-    peak resident memory is measured on its own (the child's ``VmHWM``)."""
+    peak resident memory is measured on its own (the child's ``VmHWM``). The child dies with
+    this process (:func:`~hyperfrac.compare.processes.run_child`)."""
     cmd = [sys.executable, "-m", "hyperfrac.compare.worker", str(config_path)]
     worker_json = cfg.run_dir / "compare_worker.json"
     worker_json.unlink(missing_ok=True)
-    proc = subprocess.Popen(cmd)
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.wait()
-        raise
+    rc = run_child(cmd)
     if rc != 0:
         raise RuntimeError(
             f"training {cfg.name} failed (exit code {rc}); its log is above. "
@@ -150,24 +155,24 @@ def train_subprocess(cfg, config_path: Path) -> dict[str, Any]:
 
 
 def calibrate_seconds_per_step(cfg, steps: int = 2) -> float:
-    """Time ``steps`` training steps of this arm's model on random tokens (after one warm-up)."""
-    from hyperfrac.models.lm import TransformerLM
+    """Time ``steps`` training steps of this arm's model on random inputs (after one warm-up),
+    with the task's own objective."""
     from hyperfrac.train.optim import build_optimizer
+    from hyperfrac.train.task import task_class
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    model = TransformerLM(cfg.model)
+    task = task_class(cfg.data.kind)
+    model = build_model(cfg.model)
     opt = build_optimizer(model, cfg.optim)
-    B, T = cfg.train.batch_size, cfg.data.seq_len
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=g)
+    x, y = task.random_batch_for(cfg, cfg.train.batch_size, torch.Generator().manual_seed(0))
     ctx = precision_autocast("cpu", cfg.train.precision)
 
     def step() -> None:
         for _ in range(cfg.train.grad_accum):
             with ctx:
-                out = model(x[:, :-1], x[:, 1:])
-            (out.loss + out.aux_loss).backward()
+                obj = task.objective(model, x, y)
+            (obj.loss + obj.aux_loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -199,55 +204,47 @@ def run_compare(
     ``isolate`` trains each arm in a child process (measures its peak RSS); ``force`` deletes
     runs trained with a different config instead of refusing; ``estimate`` times two steps per
     arm first and prints the expected wall time; ``eval_batches`` caps validation batches;
-    ``train=False`` trains nothing and reports the runs that have finished so far.
+    ``train=False`` trains nothing and reports the runs that have finished so far. The folder
+    is locked for the whole call; Ctrl-C (or SIGTERM) stops the current arm, keeps its last
+    checkpoint, and re-running the same command resumes.
     """
+    out = Path(out)
+    with FolderLock(out), sigterm_as_interrupt():
+        try:
+            return _run_locked(spec, out, budget=budget, isolate=isolate, force=force,
+                               estimate=estimate, eval_batches=eval_batches, figures=figures,
+                               train=train, log=log)
+        except KeyboardInterrupt:
+            log("interrupted: finished arms and the current arm's last checkpoint are kept; "
+                "re-run the same command to resume")
+            raise
+
+
+def _run_locked(spec: CompareSpec, out: Path, *, budget: float, isolate: bool, force: bool,
+                estimate: bool, eval_batches: int | None, figures: bool, train: bool,
+                log: Log) -> dict[str, Any]:
     from hyperfrac.compare.report import write_report
-    from hyperfrac.train.config import dump_config
+    from hyperfrac.train.task import task_class
 
     spec = spec.scaled(budget)
-    out = Path(out)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     plan = {"spec": spec.to_dict(), "budget": budget}
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        old = json.loads(plan_path.read_text())
-        if old.get("spec", {}).get("base") != plan["spec"]["base"] and not force:
-            raise ValueError(
-                f"{out} holds a comparison with a different base config (or budget); use "
-                "another --out, the same settings, or --force to retrain"
-            )
-    _write_json(plan_path, plan)
+    _check_plan(out / "plan.json", plan, force)
+    _write_json(out / "plan.json", plan)
 
     jobs = [(seed, arm, arm_config(spec, arm, seed, runs_dir)) for seed in spec.seeds
             for arm in spec.arms]
-    _ensure_data(jobs[0][2], log)
-    todo = []
-    for seed, arm, cfg in jobs:
-        fp = arm_fingerprint(spec, arm, seed)
-        meta_path = cfg.run_dir / "compare_arm.json"
-        if meta_path.is_file():
-            info = json.loads(meta_path.read_text())
-            if info.get("fingerprint") != fp:
-                if not force:
-                    raise ValueError(
-                        f"{cfg.run_dir} was trained with a different config; use another "
-                        "--out, the original settings, or --force to retrain it"
-                    )
-                shutil.rmtree(cfg.run_dir)
-        if not arm_finished(cfg.run_dir, fp):
-            todo.append((seed, arm, cfg, fp))
-
     c0 = jobs[0][2]
-    per_step = c0.train.batch_size * c0.train.grad_accum * (
-        1 if spec.task == "vision" else c0.data.seq_len)
+    task = task_class(c0.data.kind)
+    task.ensure_data(c0, log)
+    todo = _pending(spec, jobs, force)
     log(
         f"{spec.name}: {len(spec.arms)} arms ({', '.join(a.display for a in spec.arms)}) x "
-        f"{len(spec.seeds)} seeds, {c0.train.steps} steps x {per_step} "
-        f"{'images' if spec.task == 'vision' else 'tokens'} each; "
-        f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished"
+        f"{len(spec.seeds)} seeds, {c0.train.steps} steps x {task.units_per_step_for(c0)} "
+        f"{task.unit_name} each; {len(jobs) - len(todo)} of {len(jobs)} runs already finished"
         + (f"; budget x{budget:g}" if budget != 1 else "")
     )
     if spec.target_minutes:
@@ -260,28 +257,74 @@ def run_compare(
             raise FileNotFoundError(f"no finished runs under {runs_dir} to report yet")
         log(f"report only: {len(jobs)} finished runs, {len(todo)} not finished (left out)")
         todo = []
-    if spec.task == "vision":
-        estimate = False  # the calibration times language-model steps
     if estimate and todo:
-        per_arm: dict[str, float] = {}
-        for _, arm, cfg, _ in todo:
-            if arm.name not in per_arm:
-                per_arm[arm.name] = calibrate_seconds_per_step(cfg)
-        est = sum(per_arm[arm.name] * (cfg.train.steps - _done_steps(cfg.run_dir))
-                  for _, arm, cfg, _ in todo)
-        log(f"estimated training time on this machine: {est / 60:.1f} min (2 timed steps per "
-            "arm; evaluation and analysis add a little)")
+        _log_estimate(todo, log)
+    _train_pending(todo, out / "configs", isolate, log)
+    runs = _analyze(spec, jobs, eval_batches)
+    results = write_report(spec, runs, out, budget=budget, machine=_machine(),
+                           wall_s=time.perf_counter() - t_start, figures=figures)
+    log(f"report: {out / 'report.html'} | {out / 'summary.md'} | {out / 'results.json'}")
+    return results
 
-    from hyperfrac.analysis.analyze import analyze_run
 
-    config_dir = out / "configs"
-    config_dir.mkdir(exist_ok=True)
+def _check_plan(plan_path: Path, plan: dict[str, Any], force: bool) -> None:
+    """Refuse a folder that holds a comparison of another base config (unless ``force``)."""
+    if not plan_path.is_file() or force:
+        return
+    old = json.loads(plan_path.read_text())
+    if old.get("spec", {}).get("base") != plan["spec"]["base"]:
+        raise ValueError(
+            f"{plan_path.parent} holds a comparison with a different base config (or budget); "
+            "use another --out, the same settings, or --force to retrain"
+        )
+
+
+def _pending(spec: CompareSpec, jobs: list, force: bool) -> list:
+    """The (seed, arm, cfg, fingerprint) jobs not finished yet; a run folder trained with a
+    different config is refused, or deleted with ``force``."""
+    todo = []
+    for seed, arm, cfg in jobs:
+        fp = arm_fingerprint(spec, arm, seed)
+        info = _arm_info(cfg.run_dir)
+        if info is not None and info.get("fingerprint") != fp:
+            if not force:
+                raise ValueError(
+                    f"{cfg.run_dir} was trained with a different config; use another "
+                    "--out, the original settings, or --force to retrain it"
+                )
+            shutil.rmtree(cfg.run_dir)
+        if not arm_finished(cfg.run_dir, fp):
+            todo.append((seed, arm, cfg, fp))
+    return todo
+
+
+def _arm_info(run_dir: Path) -> dict[str, Any] | None:
+    p = run_dir / "compare_arm.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _log_estimate(todo: list, log: Log) -> None:
+    per_arm: dict[str, float] = {}
+    for _, arm, cfg, _ in todo:
+        if arm.name not in per_arm:
+            per_arm[arm.name] = calibrate_seconds_per_step(cfg)
+    est = sum(per_arm[arm.name] * (cfg.train.steps - _done_steps(cfg.run_dir))
+              for _, arm, cfg, _ in todo)
+    log(f"estimated training time on this machine: {est / 60:.1f} min (2 timed steps per "
+        "arm; evaluation and analysis add a little)")
+
+
+def _train_pending(todo: list, config_dir: Path, isolate: bool, log: Log) -> None:
+    """Train each pending job; ``compare_arm.json`` records its summed training time (over
+    every attempt, from the trainer's own clock) and peak RSS once it has finished."""
+    from hyperfrac.train.config import dump_config
+
+    config_dir.mkdir(parents=True, exist_ok=True)
     for i, (seed, arm, cfg, fp) in enumerate(todo):
         log(f"[{i + 1}/{len(todo)}] training {arm.display} seed {seed} -> {cfg.run_dir}")
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         info = {"arm": arm.name, "seed": seed, "fingerprint": fp, "finished": False}
         _write_json(cfg.run_dir / "compare_arm.json", info)
-        t0 = time.perf_counter()
         if isolate:
             cpath = config_dir / f"{cfg.name}.yaml"
             cpath.write_text(dump_config(cfg))
@@ -289,9 +332,13 @@ def run_compare(
         else:
             summary = train_in_process(cfg)
         info.update({"finished": bool(summary.get("finished")),
-                     "train_wall_s": time.perf_counter() - t0,
+                     "train_wall_s": summary.get("train_time_s"),
                      "peak_rss_mb": summary.get("peak_rss_mb")})
         _write_json(cfg.run_dir / "compare_arm.json", info)
+
+
+def _analyze(spec: CompareSpec, jobs: list, eval_batches: int | None) -> list[dict[str, Any]]:
+    from hyperfrac.analysis.analyze import analyze_run
 
     runs: list[dict[str, Any]] = []
     an = spec.analysis
@@ -299,45 +346,21 @@ def run_compare(
         res = analyze_run(cfg.run_dir, windows=int(an.get("windows", 4)),
                           max_tokens=an.get("max_tokens", 512), eval_batches=eval_batches,
                           mc_items=an.get("mc_items", 200))
-        info = json.loads((cfg.run_dir / "compare_arm.json").read_text())
+        info = _arm_info(cfg.run_dir) or {}
         runs.append({"arm": arm.name, "seed": seed, "analysis": res,
                      "train_wall_s": info.get("train_wall_s"),
                      "peak_rss_mb": info.get("peak_rss_mb")})
-    machine = {
+    return runs
+
+
+def _machine() -> dict[str, Any]:
+    return {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
-    results = write_report(spec, runs, out, budget=budget, machine=machine,
-                           wall_s=time.perf_counter() - t_start, figures=figures)
-    log(f"report: {out / 'report.html'} | {out / 'summary.md'} | {out / 'results.json'}")
-    return results
-
-
-def _ensure_data(cfg, log: Log) -> None:
-    """Prepare the built-in corpus on first use (``hyperfrac data prepare``, ~10 s)."""
-    if cfg.data.path:
-        return
-    if getattr(cfg.data, "kind", "text") != "text":
-        from hyperfrac.data.vision import image_dataset_dir, prepare_images
-
-        if not (image_dataset_dir(cfg.data.kind) / "READY").is_file():
-            log(f"preparing the image dataset {cfg.data.kind}")
-            prepare_images(cfg.data.kind)
-        return
-    from hyperfrac.data.prepare import dataset_dir, is_ready, prepare
-
-    if is_ready(dataset_dir(cfg.data.corpus, cfg.data.vocab_size)):
-        return
-    if cfg.data.corpus != "shakespeare":
-        raise FileNotFoundError(
-            f"no prepared {cfg.data.corpus!r} dataset; run `hyperfrac data prepare --corpus "
-            f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size} ...` first"
-        )
-    log(f"preparing the default corpus (Shakespeare + Milton, BPE {cfg.data.vocab_size})")
-    prepare(cfg.data.corpus, cfg.data.vocab_size)
 
 
 def _done_steps(run_dir: Path) -> int:

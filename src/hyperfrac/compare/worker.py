@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     from hyperfrac.train.config import load_config
 
     cfg = load_config(args[0])
-    build_trainer(cfg).fit()
+    try:
+        build_trainer(cfg).fit()
+    except KeyboardInterrupt:  # Ctrl-C or the parent stopping us: the last checkpoint stays
+        print(f"[worker] {cfg.name} interrupted; its last checkpoint is kept", file=sys.stderr)
+        return 130
     (cfg.run_dir / "compare_worker.json").write_text(json.dumps({"peak_rss_mb": peak_rss_mb()}))
     return 0
 

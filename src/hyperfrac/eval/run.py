@@ -21,16 +21,7 @@ import numpy as np
 from hyperfrac.data.prepare import EVAL_SPLITS, load_meta, open_tokens
 from hyperfrac.eval.lm import evaluate_lm
 from hyperfrac.eval.suites import SUITES, build_suite
-
-
-def load_run(run_dir: Path, checkpoint: Path | None = None):
-    """``(model on its device, RunConfig, checkpoint path, step)`` of a run folder."""
-    from hyperfrac.train.checkpoint import load_run as load_run_checkpoint
-    from hyperfrac.train.trainer import resolve_device
-
-    model, cfg, path, train_state = load_run_checkpoint(run_dir, checkpoint)
-    model.to(resolve_device(cfg.train.device))
-    return model, cfg, path, train_state["step"]
+from hyperfrac.runs import load_run, resolve_data_path
 
 
 def read_user_text(path: Path) -> str:
@@ -102,11 +93,9 @@ def evaluate_run(
     write: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run (see the module docstring); writes ``RUN_DIR/eval.json``."""
-    from hyperfrac.train.trainer import resolve_data_path
-
     run_dir = Path(run_dir)
-    model, cfg, ckpt_path, step = load_run(run_dir, checkpoint)
-    device = next(model.parameters()).device
+    run = load_run(run_dir, checkpoint)
+    model, cfg, ckpt_path, step, device = run.model, run.cfg, run.checkpoint, run.step, run.device
     path = Path(data_path) if data_path else resolve_data_path(cfg)
     head = {"run": str(run_dir), "checkpoint": str(ckpt_path), "step": step}
     if cfg.data.kind != "text":
@@ -169,10 +158,10 @@ def evaluate_text(
     """Bits-per-byte of a run's model on a user-supplied UTF-8 text file."""
     from hyperfrac.data.tokenizer import load_tokenizer
     from hyperfrac.eval.scoring import text_bpb
-    from hyperfrac.train.trainer import resolve_data_path
 
     text = read_user_text(text_file)
-    model, cfg, ckpt_path, step = load_run(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint)
+    model, cfg, ckpt_path, step = run.model, run.cfg, run.checkpoint, run.step
     if cfg.data.kind != "text":
         raise ValueError(f"{run_dir} is a vision run ({cfg.data.kind}); --text needs an LM run")
     path = Path(data_path) if data_path else resolve_data_path(cfg)

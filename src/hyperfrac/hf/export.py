@@ -126,17 +126,17 @@ def load_bpe_tokenizer(path: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
 
 
-def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any, Path | None]:
+def load_lm_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any, Path | None]:
     """(TransformerLM with the checkpoint's weights, RunConfig, tokenizer.json or None)."""
     from hyperfrac.models.lm import TransformerLM
-    from hyperfrac.train.checkpoint import load_run as load_run_checkpoint
-    from hyperfrac.train.trainer import resolve_data_path
+    from hyperfrac.runs import load_run
 
-    model, cfg, _, _ = load_run_checkpoint(run_dir, checkpoint)
-    if not isinstance(model, TransformerLM):
-        raise ValueError(f"{run_dir} holds a {type(model).__name__}; only language models export")
-    tok = resolve_data_path(cfg) / "tokenizer.json"
-    return model, cfg, tok if tok.is_file() else None
+    run = load_run(run_dir, checkpoint, device="cpu")
+    if not isinstance(run.model, TransformerLM):
+        raise ValueError(f"{run_dir} holds a {type(run.model).__name__}; only language models "
+                         "export")
+    tok = run.data_path / "tokenizer.json"
+    return run.model, run.cfg, tok if tok.is_file() else None
 
 
 def export_run(
@@ -146,7 +146,7 @@ def export_run(
     from hyperfrac.hf.configuration_hyperfrac import HyperfracConfig
     from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
 
-    lm, cfg, tok = load_run(run_dir, checkpoint)
+    lm, cfg, tok = load_lm_run(run_dir, checkpoint)
     hf = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg.model))
     hf.model.load_state_dict(lm.state_dict())
     tokenizer = tokenizer or tok

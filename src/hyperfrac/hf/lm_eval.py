@@ -37,13 +37,13 @@ def load_for_eval(path: Path, checkpoint: Path | None = None):
     from transformers import AutoTokenizer
 
     from hyperfrac.hf.configuration_hyperfrac import HyperfracConfig
-    from hyperfrac.hf.export import load_bpe_tokenizer, load_run
+    from hyperfrac.hf.export import load_bpe_tokenizer, load_lm_run
     from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
 
     path = Path(path)
     if (path / "config.json").is_file():
         return HyperfracForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    lm, cfg, tok = load_run(path, checkpoint)
+    lm, cfg, tok = load_lm_run(path, checkpoint)
     if tok is None:
         raise FileNotFoundError(f"no tokenizer.json for {path}; lm-eval needs the tokenizer")
     model = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg.model))

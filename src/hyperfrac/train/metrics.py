@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,56 @@ class MetricsLogger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class StepReporter:
+    """Console lines and ``metrics.jsonl`` records of the training steps, every
+    ``log.interval`` steps: mean loss over the window, bits per byte (text), throughput in the
+    task's unit, ETA. Time spent outside the steps (evaluation, checkpoints) is excluded from
+    throughput via :meth:`pause`."""
+
+    def __init__(self, log: MetricsLogger, *, interval: int, total: int, stop: int,
+                 units_per_step: int, unit: str, bytes_per_token: float | None) -> None:
+        self.log, self.interval, self.total, self.stop = log, interval, total, stop
+        self.units_per_step, self.unit, self.bytes_per_token = units_per_step, unit, bytes_per_token
+        self.window: list[float] = []
+        self.steps_in_window = 0
+        self.t_start = self.t_window = time.perf_counter()
+
+    def step(self, rec: dict[str, Any], *, tokens: int, skipped_steps: int) -> None:
+        """Account one finished step; on a reporting step, record and print it."""
+        if math.isfinite(rec["loss"]):
+            self.window.append(rec["loss"])
+        self.steps_in_window += 1
+        self.log.advance()
+        step = rec["step"]
+        if step % self.interval and step != self.stop:
+            return
+        dt = time.perf_counter() - self.t_window
+        tps = self.steps_in_window * self.units_per_step / max(dt, 1e-9)
+        eta = (self.stop - step) * dt / max(self.steps_in_window, 1)
+        avg = sum(self.window) / len(self.window) if self.window else float("nan")
+        rec.update({"tokens": tokens, "loss_avg": avg, "tok_per_s": tps,
+                    "elapsed_s": time.perf_counter() - self.t_start, "eta_s": eta,
+                    "skipped_steps": skipped_steps})
+        if self.bytes_per_token:
+            rec["bpb"] = avg / math.log(2) / self.bytes_per_token
+        self.log.record(rec)
+        bpb = f"bpb {rec['bpb']:.3f} | " if "bpb" in rec else ""
+        line = (
+            f"step {step:>{len(str(self.total))}}/{self.total} | loss {avg:.4f} | "
+            f"{bpb}lr {rec['lr']:.2e} | gnorm {rec['grad_norm']:.3f} | "
+            f"{tps / 1e3:.2f}k {self.unit}/s | eta {format_duration(eta)}"
+        )
+        if "moe_lb_loss" in rec:
+            line += (f" | lb {rec['moe_lb_loss']:.3f} drop {100 * rec['moe_dropped']:.1f}% "
+                     f"max-load {rec['moe_load_max']:.2f}")
+        if skipped_steps:
+            line += f" | skipped {skipped_steps}"
+        self.log.print(line)
+        self.window, self.steps_in_window = [], 0
+        self.t_window = time.perf_counter()
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` of non-training time out of the current window's throughput."""
+        self.t_window += seconds

@@ -1,28 +1,33 @@
 """The training loop: one :class:`Trainer` per run.
 
+The trainer only runs the loop; what is trained comes from the run's :class:`~.task.Task`
+(model factory, loader, objective, evaluator, reporting unit), saving and resuming from a
+:class:`~.checkpointing.CheckpointManager`, console and ``metrics.jsonl`` lines from a
+:class:`~.metrics.StepReporter`.
+
 What one optimizer step does:
 
-1. ``grad_accum`` micro-batches from the stateful :class:`~hyperfrac.data.TokenLoader`, each
-   forward under optional bf16 autocast, backward of ``(CE + MoE aux) / grad_accum``;
+1. ``grad_accum`` micro-batches from the task's stateful loader, each forward under optional
+   bf16 autocast, backward of ``(task loss + aux loss) / grad_accum``;
 2. global gradient norm (clipped to ``optim.grad_clip`` when > 0);
 3. non-finite guard: a NaN/inf loss or gradient norm skips the update (logged) or raises,
-   per ``train.on_nonfinite``; the optimizer is never stepped on a bad gradient;
+   per ``train.on_nonfinite``; the optimizer is never stepped on a bad gradient. An update that
+   leaves a parameter non-finite cannot be undone and always raises;
 4. AdamW step, LR schedule step; spike monitor update.
 
-Every ``log.interval`` steps a console line and a ``metrics.jsonl`` record; every
-``eval.interval`` steps validation loss and bits-per-byte; every ``checkpoint.interval`` steps
-(and at the end or at ``train.stop_at``) an atomic checkpoint holding everything an exact
-resume needs (model, optimizer, scheduler, loader position, RNG states, monitor history).
-``checkpoint.resume: auto`` continues from the latest complete checkpoint of the run folder:
-a run stopped at step N and resumed gives bit-identical losses and weights to one that ran
-through (tested in ``tests/train/test_trainer.py``).
+Checkpoints (every ``checkpoint.interval`` steps, at the end, at ``train.stop_at``) are written
+only from a healthy state: the last step was not skipped, every parameter is finite, and the
+loss of the weights being saved, measured on the last micro-batch, is finite. A due checkpoint
+that is not healthy is postponed to the next healthy step (logged), so a diverging run keeps
+its last good checkpoint and resume never starts from a broken one. ``checkpoint.resume:
+auto`` continues from the latest complete checkpoint: a run stopped at step N and resumed
+gives bit-identical losses and weights to one that ran through (tested).
 
 Distributed runs start under ``torchrun`` (``RANK``/``WORLD_SIZE`` set): the model is wrapped
-in DDP or sharded with FSDP2 from the outside (``train.parallel``, :mod:`.parallel`), each rank
-reads its shard of every global batch, gradient accumulation reduces gradients only on the last
-micro-batch, and only rank 0 logs. Checkpoints are written by rank 0 (``full`` format) or by all
-ranks (``sharded``, ``torch.distributed.checkpoint``; resumable on a different number of
-processes). The model code itself knows nothing about this.
+in DDP or sharded with FSDP2 from the outside (``train.parallel``, :mod:`.parallel`), after
+``train.compile`` has compiled each block; each rank reads its shard of every global batch,
+gradient accumulation reduces gradients only on the last micro-batch, and only rank 0 logs.
+The model code itself knows nothing about this.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,44 +47,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hyperfrac.data.loader import TokenLoader
-from hyperfrac.data.prepare import dataset_dir, load_meta, open_tokens
-from hyperfrac.data.vision import ImageLoader, image_dataset_dir, load_images
-from hyperfrac.eval.lm import evaluate_lm
-from hyperfrac.eval.vision import evaluate_classifier
-from hyperfrac.models.lm import TransformerLM, count_params
-from hyperfrac.models.vit import ViT
+from hyperfrac.models.lm import count_params
 from hyperfrac.precision import autocast as precision_autocast
-from hyperfrac.train.checkpoint import (
-    begin_checkpoint,
-    commit_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    load_sharded,
-    save_checkpoint,
-    save_sharded,
-    temporary_dir,
-    write_files,
-)
-from hyperfrac.train.config import IMAGE_KINDS, RunConfig, dump_config
-from hyperfrac.train.metrics import MetricsLogger, format_duration
+from hyperfrac.runs import resolve_device
+from hyperfrac.train.checkpointing import CheckpointManager
+from hyperfrac.train.config import RunConfig, dump_config, to_dict
+from hyperfrac.train.metrics import MetricsLogger, StepReporter
 from hyperfrac.train.optim import build_optimizer, build_scheduler
-from hyperfrac.train.parallel import grad_sync, is_fsdp, parallelize, to_float
+from hyperfrac.train.parallel import grad_sync, parallelize, to_float
 from hyperfrac.train.stability import NonFiniteError, SpikeMonitor
+from hyperfrac.train.task import Task, build_task
 
+ModelFactory = Callable[[Task], nn.Module]
+"""Builds the run's model (on CPU) from its task; the trainer moves, compiles and wraps it."""
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_data_path(cfg: RunConfig) -> Path:
-    if cfg.data.kind in IMAGE_KINDS:
-        return Path(cfg.data.path) if cfg.data.path else image_dataset_dir(cfg.data.kind)
-    return (
-        Path(cfg.data.path) if cfg.data.path else dataset_dir(cfg.data.corpus, cfg.data.vocab_size)
-    )
+_HINT = (
+    "lower optim.lr, keep optim.grad_clip > 0, try train.precision=fp32, "
+    "or set train.on_nonfinite=skip to drop such steps"
+)
 
 
 def _seed_everything(seed: int) -> None:
@@ -87,44 +73,52 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer:
-    """Builds model, data, optimizer and logger from a :class:`RunConfig`; :meth:`fit` trains."""
+def default_model_factory(task: Task) -> nn.Module:
+    return task.build_model()
 
-    def __init__(self, cfg: RunConfig) -> None:
+
+def compile_blocks(model: nn.Module) -> None:
+    """``torch.compile`` each transformer block in place (before any parallel wrapping, as
+    torchtitan does): the unit inductor fuses; state-dict keys stay unchanged."""
+    for block in model.blocks:
+        block.compile()
+
+
+class Trainer:
+    """Builds task, model, optimizer and checkpoint manager from a :class:`RunConfig`;
+    :meth:`fit` trains. ``model_factory`` replaces ``task.build_model()`` (compare uses it
+    to give every arm of a seed the same initial branch weights before anything wraps the
+    model)."""
+
+    _owns_process_group = False
+    logger: MetricsLogger | None = None
+
+    def __init__(self, cfg: RunConfig, *, model_factory: ModelFactory | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = resolve_device(cfg.train.device)
         if self.world_size > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self._owns_process_group = True
+            self._init_process_group()
         if cfg.train.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.seed)
 
-        self.data_path = resolve_data_path(cfg)
-        self.is_image = cfg.data.kind in IMAGE_KINDS
-        self.model: nn.Module
-        if self.is_image:
-            self._setup_images()
-        else:
-            self._setup_text()
+        self.task = build_task(cfg, rank=self.rank, world_size=self.world_size)
+        self.model: nn.Module = (model_factory or default_model_factory)(self.task).to(
+            self.device
+        )
         self.n_params = count_params(self.model)
+        if cfg.train.compile:
+            compile_blocks(self.model)
         # DDP wraps the model; FSDP2 shards it in place (self.model is then the sharded root)
-        self.parallel: nn.Module = (
+        self.train_model: nn.Module = (
             parallelize(self.model, cfg.train.parallel, self.device)
             if self.world_size > 1
             else self.model
         )
-        self.train_model = torch.compile(self.parallel) if cfg.train.compile else self.parallel
-        fmt = cfg.checkpoint.format
-        self.sharded_checkpoints = fmt == "sharded" or (
-            fmt == "auto" and cfg.train.parallel == "fsdp"
-        )
+        self.loader = self.task.make_loader()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.monitor = SpikeMonitor(
@@ -134,75 +128,30 @@ class Trainer:
         self.tokens_seen = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0
+        self.train_time_s = 0.0
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.run_dir = cfg.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_yaml = dump_config(cfg)
+        self.checkpoints = CheckpointManager(
+            self.run_dir, cfg.checkpoint, parallel=cfg.train.parallel if self.world_size > 1
+            else None, rank=self.rank, world_size=self.world_size,
+        )
+        self.ckpt_dir = self.checkpoints.dir
         self.resumed_from: Path | None = None
-        self._maybe_resume()
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        path = self.checkpoints.resume_path()
+        if path is not None:
+            self.load(path)
 
-    def _setup_text(self) -> None:
-        cfg = self.cfg
-        try:
-            self.meta = load_meta(self.data_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"no prepared dataset at {self.data_path}; run `hyperfrac data prepare --corpus "
-                f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size}` first, or point "
-                "data.path at a prepared dataset folder"
-            ) from e
-        if self.meta["vocab_size"] > cfg.model.vocab_size:
-            raise ValueError(
-                f"the tokenizer at {self.data_path} has {self.meta['vocab_size']} tokens but "
-                f"model.vocab_size={cfg.model.vocab_size}; set model.vocab_size >= "
-                f"{self.meta['vocab_size']}"
-            )
-        self.train_tokens = open_tokens(self.data_path, "train")
-        self.val_tokens = open_tokens(self.data_path, "val")
-        self.token_bytes = np.load(self.data_path / "token_bytes.npy")
-        split = self.meta["splits"]["train"]
-        self.bytes_per_token: float | None = split["bytes"] / split["tokens"]
-        self.model = TransformerLM(cfg.model).to(self.device)
-        self.loader: TokenLoader | ImageLoader = TokenLoader(
-            self.train_tokens,
-            cfg.data.seq_len,
-            cfg.train.batch_size,
-            seed=cfg.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
-    def _setup_images(self) -> None:
-        """Image classification (ViT): train on the train images, validate on the test set."""
-        cfg = self.cfg
-        self.train_images, self.train_labels = load_images(self.data_path, "train")
-        self.val_images, self.val_labels = load_images(self.data_path, "test")
-        shape = self.train_images.shape[1:]
-        if shape != (cfg.model.image_size, cfg.model.image_size) or cfg.model.in_channels != 1:
-            raise ValueError(
-                f"the images at {self.data_path} are {shape} with 1 channel but model.image_size="
-                f"{cfg.model.image_size}, model.in_channels={cfg.model.in_channels}"
-            )
-        if int(self.train_labels.max()) >= cfg.model.num_classes:
-            raise ValueError(
-                f"labels go up to {int(self.train_labels.max())} but model.num_classes="
-                f"{cfg.model.num_classes}"
-            )
-        self.bytes_per_token = None
-        self.model = ViT(cfg.model).to(self.device)
-        self.loader = ImageLoader(
-            self.train_images,
-            self.train_labels,
-            cfg.train.batch_size,
-            seed=cfg.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+    def _init_process_group(self) -> None:
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self._owns_process_group = True
 
     # ------------------------------------------------------------------------------ state
-
-    _owns_process_group = False
 
     @property
     def is_main(self) -> bool:
@@ -220,6 +169,7 @@ class Trainer:
             "tokens": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
+            "train_time_s": self.train_time_s,
             "loader": self.loader.state_dict(),
             "monitor": self.monitor.state_dict(),
             "rng": {
@@ -232,72 +182,24 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint the current step (collective: call on every rank)."""
-        if self.sharded_checkpoints:
-            return self._save_sharded()
-        path = None
-        if self.is_main:
-            path = save_checkpoint(
-                self.ckpt_dir,
-                self.step,
-                model=self.model,
-                optim_state={
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                },
-                train_state=self.train_state(),
-                config_yaml=self.config_yaml,
-                safetensors=self.cfg.checkpoint.safetensors,
-                keep=self.cfg.checkpoint.keep,
-            )
-        self._barrier()
-        return path
-
-    def _save_sharded(self) -> Path | None:
-        """Every rank writes its shards into rank 0's temporary folder, then rank 0 adds the
-        small files and commits (marker, atomic rename)."""
-        tmp = temporary_dir(self.ckpt_dir, self.step)
-        if self.is_main:
-            begin_checkpoint(self.ckpt_dir, self.step)
-        self._barrier()
-        save_sharded(tmp, self.model, self.optimizer)  # collective
-        path = None
-        if self.is_main:
-            files = write_files(
-                tmp,
-                {
-                    "scheduler.pt": lambda p: torch.save(self.scheduler.state_dict(), p),
-                    "train_state.pt": lambda p: torch.save(self.train_state(), p),
-                    "config.yaml": lambda p: p.write_text(self.config_yaml),
-                },
-            )
-            path = commit_checkpoint(
-                self.ckpt_dir, self.step, tmp, [*files, "dcp"], self.cfg.checkpoint.keep
-            )
-        self._barrier()
-        return path
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        return self.checkpoints.save(
+            self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            train_state=self.train_state(), config_yaml=self.config_yaml,
+        )
 
     def load(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        if ckpt["format"] == "sharded":
-            load_sharded(path, self.model, self.optimizer)  # collective, reshards as needed
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        elif is_fsdp(self.model):
-            raise ValueError(
-                f"{path} is a full-format checkpoint, which does not load into an FSDP-sharded "
-                "model; resume it with train.parallel=ddp (or in one process) and save with "
-                "checkpoint.format=sharded, then continue under FSDP"
+        st = self.checkpoints.load(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            current_config=to_dict(self.cfg),
+        )
+        if not self._parameters_finite():
+            raise NonFiniteError(
+                f"{path} holds non-finite parameters; resume from an earlier checkpoint "
+                f"(checkpoint.resume=PATH) with {_HINT}"
             )
-        else:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
-            self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
-        st = ckpt["train_state"]
         self.step, self.tokens_seen = st["step"], st["tokens"]
         self.skipped_steps, self.consecutive_skips = st["skipped_steps"], st["consecutive_skips"]
+        self.train_time_s = float(st.get("train_time_s", 0.0))
         self.loader.load_state_dict(st["loader"])
         self.monitor.load_state_dict(st["monitor"])
         torch.set_rng_state(st["rng"]["torch"])
@@ -307,36 +209,48 @@ class Trainer:
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         self.resumed_from = Path(path)
 
-    def _maybe_resume(self) -> None:
-        mode = self.cfg.checkpoint.resume
-        if mode == "never":
-            return
-        if mode == "auto":
-            path = latest_checkpoint(self.ckpt_dir)
-            if path is None:
-                return
-        else:
-            path = Path(mode)
-        self.load(path)
+    # ------------------------------------------------------------------------ health
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """True when ``ok`` holds on every rank (collective under several ranks)."""
+        if self.world_size == 1:
+            return ok
+        t = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        dist.all_reduce(t)
+        return float(t) == 0.0
+
+    def _parameters_finite(self) -> bool:
+        # max |p| per tensor (one foreach kernel; NaN propagates, no overflow as with the 2-norm)
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+        local = [p for p in local if p.numel()]
+        ok = bool(torch.isfinite(torch.stack(torch._foreach_norm(local, ord=math.inf))).all())
+        return self._all_ranks(ok)
+
+    @torch.no_grad()
+    def _probe_loss_finite(self) -> bool:
+        """Whether the current weights give a finite loss on the last micro-batch (eval mode,
+        no state changes): a checkpoint must not hold weights that already evaluate to NaN."""
+        if self._last_batch is None:
+            return True
+        was_training = self.train_model.training
+        self.train_model.eval()
+        try:
+            with self._autocast():
+                obj = self.task.objective(self.train_model, *self._last_batch)
+            ok = math.isfinite(float(obj.loss))
+        finally:
+            self.train_model.train(was_training)
+        return self._all_ranks(ok)
+
+    def healthy(self) -> bool:
+        """May the current state be checkpointed? (collective)"""
+        return (self._all_ranks(self.consecutive_skips == 0) and self._parameters_finite()
+                and self._probe_loss_finite())
 
     # ------------------------------------------------------------------------------- step
 
     def _autocast(self) -> torch.autocast:
         return precision_autocast(self.device.type, self.cfg.train.precision)
-
-    @property
-    def _sample_size(self) -> int:
-        """Tokens per sequence (text) or 1 per image: ``tokens`` counts images for a ViT."""
-        return 1 if self.is_image else self.cfg.data.seq_len
-
-    def _forward(self, x: torch.Tensor, y: torch.Tensor):
-        """(loss, aux loss, MoE statistics) of one micro-batch."""
-        if self.is_image:
-            logits = self.train_model(x)  # (B, classes)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            return loss, loss.new_zeros(()), {}
-        out = self.train_model(x, y)
-        return out.loss, out.aux_loss, out.moe_stats
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (``grad_accum`` micro-batches); returns its metrics."""
@@ -351,14 +265,15 @@ class Trainer:
             x, y = self.loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             # reduce gradients across ranks only once per optimizer step
-            with grad_sync(self.parallel, sync=micro == accum - 1):
+            with grad_sync(self.train_model, sync=micro == accum - 1):
                 with self._autocast():
-                    loss, aux_loss, moe_stats = self._forward(x, y)
-                ((loss + aux_loss) / accum).backward()
-            ce += loss.detach() / accum
-            aux += aux_loss.detach() / accum
-            for k, v in moe_stats.items():
+                    obj = self.task.objective(self.train_model, x, y)
+                ((obj.loss + obj.aux_loss) / accum).backward()
+            ce += obj.loss.detach() / accum
+            aux += obj.aux_loss.detach() / accum
+            for k, v in obj.stats.items():
                 moe[k] = moe.get(k, 0) + v.detach().float() / accum
+        self._last_batch = (x, y)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if self.world_size > 1:
@@ -370,13 +285,15 @@ class Trainer:
         if finite:
             self.optimizer.step()
             self.consecutive_skips = 0
+            if not self._parameters_finite():
+                self._broken_update(loss, gnorm)
         else:
             self._nonfinite(loss, gnorm)
         with warnings.catch_warnings():  # a skipped step calls the scheduler without the optimizer
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.step += 1
-        self.tokens_seen += accum * cfg.train.batch_size * self._sample_size * self.world_size
+        self.tokens_seen += self.task.units_per_step
         rec: dict[str, Any] = {
             "step": self.step,
             "loss": loss,
@@ -386,16 +303,7 @@ class Trainer:
             "skipped": not finite,
         }
         if moe:
-            load = moe["load"]  # (L, E)
-            rec.update(
-                {
-                    "moe_lb_loss": float(moe["lb_loss"]),
-                    "moe_z_loss": float(moe["z_loss"]),
-                    "moe_dropped": float(moe["dropped"]),
-                    "moe_load": [round(v, 5) for v in load.mean(0).tolist()],
-                    "moe_load_max": float(load.max() * load.shape[-1]),
-                }
-            )
+            rec.update(_moe_record(moe))
         return rec
 
     def _nonfinite(self, loss: float, gnorm: float) -> None:
@@ -403,29 +311,31 @@ class Trainer:
         self.skipped_steps += 1
         self.consecutive_skips += 1
         step = self.step + 1
-        event = {
-            "event": "nonfinite",
-            "step": step,
-            "loss": loss,
-            "grad_norm": gnorm,
-            "action": self.cfg.train.on_nonfinite,
-        }
-        self._event(event)
-        hint = (
-            "lower optim.lr, keep optim.grad_clip > 0, try train.precision=fp32, "
-            "or set train.on_nonfinite=skip to drop such steps"
-        )
-        if self.cfg.train.on_nonfinite == "raise":
+        action = self.cfg.train.on_nonfinite
+        self._event({"event": "nonfinite", "step": step, "loss": loss, "grad_norm": gnorm,
+                     "action": action})
+        if action == "raise":
             raise NonFiniteError(
                 f"non-finite training signal at step {step} "
-                f"(loss={loss}, grad_norm={gnorm}); {hint}"
+                f"(loss={loss}, grad_norm={gnorm}); {_HINT}"
             )
         if self.consecutive_skips > self.cfg.train.max_skipped_steps:
             raise NonFiniteError(
                 f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
                 f"(last: step {step}, loss={loss}, grad_norm={gnorm}) and were skipped, more "
-                f"than train.max_skipped_steps={self.cfg.train.max_skipped_steps}; {hint}"
+                f"than train.max_skipped_steps={self.cfg.train.max_skipped_steps}; {_HINT}"
             )
+
+    def _broken_update(self, loss: float, gnorm: float) -> None:
+        """The update made a parameter non-finite: nothing to skip back to, so stop."""
+        step = self.step + 1
+        self._event({"event": "nonfinite_parameters", "step": step, "loss": loss,
+                     "grad_norm": gnorm, "action": "raise"})
+        raise NonFiniteError(
+            f"the update of step {step} made parameters non-finite (loss={loss}, "
+            f"grad_norm={gnorm}); no checkpoint holds them, resume continues from the last "
+            f"good one; {_HINT}"
+        )
 
     def _event(self, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -442,184 +352,139 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- eval
 
-    def _sum_over_ranks(self, *values: float) -> list[float]:
-        """Each value summed over the ranks (one float64 all-reduce; collective)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def evaluate(self) -> dict[str, float]:
-        cfg = self.cfg
-        if self.is_image:
-            return self._evaluate_images()
-        res = evaluate_lm(
-            self.model,
-            self.val_tokens,
-            self.token_bytes,
-            seq_len=cfg.data.seq_len,
-            batch_size=cfg.eval.batch_size,
-            max_batches=cfg.eval.max_batches,
-            device=self.device,
-            precision=cfg.train.precision,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-        if self.world_size > 1:
-            nll, n_tok, n_bytes = self._sum_over_ranks(
-                res["loss"] * res["tokens"], res["tokens"], res["bytes"]
-            )
-            res = {
-                "loss": nll / n_tok,
-                "bpb": nll / math.log(2) / n_bytes,
-                "tokens": int(n_tok),
-                "bytes": int(n_bytes),
-            }
-        return res
-
-    def _evaluate_images(self) -> dict[str, float]:
-        """Test-set loss and top-1 accuracy (summed over ranks)."""
-        cfg = self.cfg
-        res = evaluate_classifier(
-            self.model,
-            self.val_images,
-            self.val_labels,
-            batch_size=cfg.eval.batch_size,
-            max_batches=cfg.eval.max_batches,
-            device=self.device,
-            precision=cfg.train.precision,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-        if self.world_size > 1:
-            nll, correct, n = self._sum_over_ranks(res["loss"] * res["n"], res["correct"], res["n"])
-            res = {**res, "loss": nll / n, "accuracy": correct / n, "correct": int(correct)}
-            res["n"] = int(n)
-        return res
+    def evaluate(self) -> dict[str, Any]:
+        """Validation metrics of the current model (collective under several ranks)."""
+        return self.task.evaluate(self.model, self.device)
 
     # --------------------------------------------------------------------------------- fit
 
-    logger: MetricsLogger | None = None
+    def _checkpoint(self) -> bool:
+        """Save if the state is healthy; otherwise log and postpone. Returns whether saved."""
+        if self.healthy():
+            self.save()
+            return True
+        self._event({"event": "checkpoint_postponed", "step": self.step,
+                     "reason": "skipped step, non-finite parameters or non-finite loss"})
+        return False
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` (or ``train.stop_at``); returns a summary dict."""
         cfg = self.cfg
         total = cfg.train.steps
         stop = min(cfg.train.stop_at or total, total)
+        start = self.step
+        if start >= stop:
+            return self._nothing_to_do()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
-        self.logger = MetricsLogger(
-            self.run_dir,
-            total_steps=total,
-            start_step=self.step,
-            progress=cfg.log.progress,
-            tensorboard=cfg.log.tensorboard,
-            enabled=self.is_main,
+        self.logger = log = MetricsLogger(
+            self.run_dir, total_steps=total, start_step=self.step, progress=cfg.log.progress,
+            tensorboard=cfg.log.tensorboard, enabled=self.is_main,
         )
-        log = self.logger
         log.print(
             f"run {self.run_dir} | {self.n_params / 1e6:.2f}M params | connection "
             f"{cfg.model.connection} | {cfg.train.precision}"
-            f"{' compiled' if cfg.train.compile else ''}"
-            f" | {self.device}"
+            f"{' compiled' if cfg.train.compile else ''} | {self.device}"
             + (f" | resumed from {self.resumed_from.name}" if self.resumed_from else "")
         )
-        tokens_per_step = (
-            cfg.train.grad_accum * cfg.train.batch_size * self._sample_size * self.world_size
+        reporter = StepReporter(
+            log, interval=cfg.log.interval, total=total, stop=stop,
+            units_per_step=self.task.units_per_step, unit=self.task.unit,
+            bytes_per_token=self.task.bytes_per_token,
         )
-        window: list[float] = []
-        t_window = time.perf_counter()
-        t_start = time.perf_counter()
-        steps_in_window = 0
-        last_val: dict[str, float] | None = None
-        last_saved = -1
+        last_val: dict[str, Any] | None = None
+        save_due = False
+        t_fit = time.perf_counter()
         try:
             while self.step < stop:
                 rec = self.train_step()
                 self.history.append(rec)
-                if math.isfinite(rec["loss"]):
-                    window.append(rec["loss"])
                 spike = self.monitor.update(self.step, rec["loss"])
                 if spike is not None:
                     self._event(spike)
-                steps_in_window += 1
-                log.advance()
-                if self.step % cfg.log.interval == 0 or self.step == stop:
-                    dt = time.perf_counter() - t_window
-                    tps = steps_in_window * tokens_per_step / max(dt, 1e-9)
-                    eta = (stop - self.step) * dt / max(steps_in_window, 1)
-                    avg = sum(window) / len(window) if window else float("nan")
-                    rec.update(
-                        {
-                            "tokens": self.tokens_seen,
-                            "loss_avg": avg,
-                            "tok_per_s": tps,
-                            "elapsed_s": time.perf_counter() - t_start,
-                            "eta_s": eta,
-                            "skipped_steps": self.skipped_steps,
-                        }
-                    )
-                    if self.bytes_per_token:
-                        rec["bpb"] = avg / math.log(2) / self.bytes_per_token
-                    log.record(rec)
-                    bpb = f"bpb {rec['bpb']:.3f} | " if "bpb" in rec else ""
-                    unit = "img" if self.is_image else "tok"
-                    line = (
-                        f"step {self.step:>{len(str(total))}}/{total} | loss {avg:.4f} | "
-                        f"{bpb}lr {rec['lr']:.2e} | gnorm "
-                        f"{rec['grad_norm']:.3f} | {tps / 1e3:.2f}k {unit}/s | "
-                        f"eta {format_duration(eta)}"
-                    )
-                    if "moe_lb_loss" in rec:
-                        line += (
-                            f" | lb {rec['moe_lb_loss']:.3f} drop "
-                            f"{100 * rec['moe_dropped']:.1f}% max-load "
-                            f"{rec['moe_load_max']:.2f}"
-                        )
-                    if self.skipped_steps:
-                        line += f" | skipped {self.skipped_steps}"
-                    log.print(line)
-                    window, steps_in_window = [], 0
-                    t_window = time.perf_counter()
+                reporter.step(rec, tokens=self.tokens_seen, skipped_steps=self.skipped_steps)
                 paused = time.perf_counter()
                 if (cfg.eval.interval and self.step % cfg.eval.interval == 0) or self.step == total:
-                    last_val = self.evaluate()
-                    shown = [k for k in ("loss", "bpb", "accuracy") if k in last_val]
-                    log.record(
-                        {
-                            "step": self.step,
-                            **{f"val_{k}": last_val[k] for k in shown},
-                            "tokens": self.tokens_seen,
-                        }
-                    )
-                    log.print(
-                        f"step {self.step} | "
-                        + " | ".join(f"val {k} {last_val[k]:.4f}" for k in shown)
-                    )
-                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                    self.save()
-                    last_saved = self.step
-                t_window += time.perf_counter() - paused
-            if last_saved != self.step:
-                self.save()
+                    last_val = self._validate()
+                every = cfg.checkpoint.interval
+                save_due |= (bool(every) and self.step % every == 0) or self.step == stop
+                if save_due:
+                    self.train_time_s += time.perf_counter() - t_fit
+                    t_fit = time.perf_counter()
+                    save_due = not self._checkpoint()
+                reporter.pause(time.perf_counter() - paused)
         finally:
+            self.train_time_s += time.perf_counter() - t_fit
             log.close()
             self.logger = None
-        summary = {
+        summary = self._summary(last_val)
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _validate(self) -> dict[str, Any]:
+        val = self.evaluate()
+        shown = [k for k in self.task.shown_metrics if k in val]
+        assert self.logger is not None
+        self.logger.record({"step": self.step, **{f"val_{k}": val[k] for k in shown},
+                            "tokens": self.tokens_seen})
+        self.logger.print(f"step {self.step} | "
+                          + " | ".join(f"val {k} {val[k]:.4f}" for k in shown))
+        return val
+
+    def _summary(self, last_val: dict[str, Any] | None) -> dict[str, Any]:
+        return {
             "step": self.step,
             "tokens": self.tokens_seen,
             "params": self.n_params,
             "skipped_steps": self.skipped_steps,
             "train_loss": self.history[-1]["loss"] if self.history else None,
-            "val_loss": last_val["loss"] if last_val else None,
-            "val_bpb": last_val.get("bpb") if last_val else None,
-            **(
-                {"val_accuracy": last_val["accuracy"] if last_val else None}
-                if self.is_image
-                else {}
-            ),
-            "finished": self.step >= total,
+            **self.task.summary_fields(last_val),
+            "finished": self.step >= self.cfg.train.steps,
+            "train_time_s": self.train_time_s,
         }
+
+    def _nothing_to_do(self) -> dict[str, Any]:
+        """A run resumed at (or past) its stop step trains nothing and rewrites nothing: the
+        summary written when it got there is returned unchanged."""
+        path = self.run_dir / "summary.json"
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if isinstance(old, dict) and old.get("step") == self.step:
+                return old
+        # the summary is missing (e.g. killed right after the last checkpoint): rebuild it
+        summary = self._summary(self.evaluate())
+        summary["train_loss"] = _last_train_loss(self.run_dir / "metrics.jsonl", self.step)
         if self.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            path.write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _last_train_loss(metrics: Path, step: int) -> float | None:
+    """The training loss recorded for ``step`` in a run's metrics.jsonl, if any."""
+    if not metrics.is_file():
+        return None
+    loss = None
+    for line in metrics.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step") == step and "loss" in rec:
+            loss = rec["loss"]
+    return loss
+
+
+def _moe_record(moe: dict[str, torch.Tensor]) -> dict[str, Any]:
+    load = moe["load"]  # (L, E)
+    return {
+        "moe_lb_loss": float(moe["lb_loss"]),
+        "moe_z_loss": float(moe["z_loss"]),
+        "moe_dropped": float(moe["dropped"]),
+        "moe_load": [round(v, 5) for v in load.mean(0).tolist()],
+        "moe_load_max": float(load.max() * load.shape[-1]),
+    }
