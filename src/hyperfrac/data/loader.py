@@ -21,6 +21,25 @@ import torch
 from torch import Tensor
 
 
+def _count(name: str, value: int, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1; {fix}")
+
+
+def check_batching(batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+    """Raise unless ``batch_size`` and ``world_size`` are integers >= 1 and ``rank`` lies in
+    ``[0, world_size)`` (the loaders and evaluators share these arguments)."""
+    _count("batch_size", batch_size, "set train.batch_size / eval.batch_size (e.g. 16)")
+    _count("world_size", world_size, "it is the number of processes")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r} must be in [0, world_size={world_size})")
+
+
+def check_seq_len(seq_len: int) -> None:
+    """Raise unless ``seq_len`` (tokens per window, ``data.seq_len``) is an integer >= 1."""
+    _count("seq_len", seq_len, "set data.seq_len (e.g. 256)")
+
+
 class TokenLoader:
     """Infinite, shuffled, rank-sharded (B, T) batches with exact resume via ``state_dict``."""
 
@@ -34,8 +53,8 @@ class TokenLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        check_batching(batch_size, rank, world_size)
+        check_seq_len(seq_len)
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.n_windows = (len(tokens) - 1) // seq_len
@@ -115,7 +134,9 @@ def shard_batches(
     discarded."""
     if n < 1:
         raise ValueError("nothing to evaluate: the split has no items")
+    check_batching(batch_size, rank, world_size)
     if max_batches is not None:
+        _count("max_batches", max_batches, "give None for the whole split, or a count >= 1")
         n = min(n, max_batches * batch_size)
     mine = torch.arange(n)[rank::world_size]  # may be empty when n < world_size
     n_batches = math.ceil(math.ceil(n / world_size) / batch_size)
@@ -138,6 +159,7 @@ def eval_batches(
     first of each window), sharded by rank (see :func:`shard_batches`; ``max_batches`` caps the
     windows at ``max_batches * batch_size`` in all). All ranks yield the same number of batches;
     a padding batch has every target ``IGNORE_INDEX``."""
+    check_seq_len(seq_len)
     n = (len(tokens) - 1) // seq_len
     if n == 0:
         raise ValueError(

@@ -17,7 +17,8 @@ Everything lands in one folder under the cache (see :func:`cache_dir`)::
 
 Every file is written under a temporary name and renamed, and ``READY`` comes last, so an
 interrupted run leaves nothing that looks finished; re-running skips a ready dataset unless
-``force=True``.
+``force=True``. Opening a prepared dataset (with its checks) is :mod:`hyperfrac.data.dataset`;
+:func:`load_meta` and :func:`open_tokens` are re-exported here.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from hyperfrac.data.corpus import (
     read_text_dir,
     split_documents,
 )
+from hyperfrac.data.dataset import is_ready, load_meta, open_tokens
 from hyperfrac.data.tokenizer import EOS, token_bytes, train_tokenizer
 
 CORPORA = ("shakespeare", "lit", "lit+docs", "textdir")
@@ -51,6 +53,8 @@ SPLITS = ("train", "val")
 EVAL_SPLITS = ("val", "heldout", "ood")
 # Chunk size of the train/val split per corpus (data notes: 32 KB chunks for the 38 MB corpus).
 DEFAULT_CHUNK_BYTES = {"lit": 32768, "lit+docs": 32768}
+__all__ = ["CORPORA", "EVAL_SPLITS", "SPLITS", "cache_dir", "dataset_dir", "is_ready", "load_meta",
+           "open_tokens", "prepare", "prepare_documents"]
 
 
 def cache_dir() -> Path:
@@ -66,10 +70,6 @@ def cache_dir() -> Path:
 def dataset_dir(corpus: str, vocab_size: int, root: Path | None = None) -> Path:
     """Folder of a prepared dataset: ``<cache>/datasets/<corpus>-bpe<vocab>``."""
     return (root or cache_dir()) / "datasets" / f"{corpus}-bpe{vocab_size}"
-
-
-def is_ready(path: Path) -> bool:
-    return (path / "READY").is_file()
 
 
 def _say(msg: str) -> None:
@@ -292,21 +292,3 @@ def prepare(
     )
     _say(f"prepared in {time.perf_counter() - t0:.0f} s")
     return path
-
-
-def load_meta(path: Path) -> dict:
-    if not is_ready(path):
-        raise FileNotFoundError(
-            f"no prepared dataset at {path}; run `hyperfrac data prepare` (see --help) first"
-        )
-    return json.loads((path / "meta.json").read_text())
-
-
-def open_tokens(path: Path, split: str) -> np.memmap:
-    """Read-only memmap of a split's token ids."""
-    meta = load_meta(path)
-    if split not in meta["splits"]:
-        raise KeyError(
-            f"the dataset at {path} has no {split!r} split (it has {sorted(meta['splits'])})"
-        )
-    return np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r")

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hyperfrac.data.loader import check_batching
+
 IMAGE_DATASETS = ("fashion_mnist", "mnist5k")
 FMNIST_PACKAGE = "dataset-fashion-mnist"
 FMNIST_PREFIX = "usr/share/datasets/fashion-mnist/"
@@ -233,8 +235,28 @@ def prepare_images(
     return _write_dataset(out, arrays, meta)
 
 
+def _image_fix(path: Path) -> str:
+    return f"re-run `hyperfrac data prepare --corpus {Path(path).name} --force`"
+
+
+def load_image_meta(path: Path) -> dict:
+    """``meta.json`` of a prepared image dataset, checked for ``num_classes`` and ``splits``."""
+    file = Path(path) / "meta.json"
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} is missing; {_image_fix(path)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); {_image_fix(path)}") from None
+    n = meta.get("num_classes") if isinstance(meta, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{file} has num_classes={n!r}, not an integer >= 1; {_image_fix(path)}")
+    return meta
+
+
 def load_images(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(images (N, H, W) uint8, labels (N,) uint8)`` of a prepared image dataset."""
+    """``(images (N, H, W) uint8, labels (N,) uint8)`` of a prepared image dataset, checked:
+    parseable files, N >= 1 images with as many labels, every label below meta's num_classes."""
     path = Path(path)
     if not (path / "READY").is_file():
         raise FileNotFoundError(
@@ -243,7 +265,61 @@ def load_images(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; image datasets have train and test")
-    return read_idx(path / FILES[(split, "images")]), read_idx(path / FILES[(split, "labels")])
+    num_classes = load_image_meta(path)["num_classes"]
+    arrays = []
+    for kind in ("images", "labels"):
+        file = path / FILES[(split, kind)]
+        try:
+            arrays.append(read_idx(file))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{file} is missing; {_image_fix(path)}") from None
+        except ValueError as e:
+            raise ValueError(f"{e}; {_image_fix(path)}") from None
+    images, labels = arrays
+    where = f"{path / FILES[(split, 'images')]}"
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or not len(labels):
+        raise ValueError(
+            f"{where}: {split} images {images.shape} and labels {labels.shape} are not N >= 1 "
+            f"(H, W) images with one label each; {_image_fix(path)}"
+        )
+    if int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{path / FILES[(split, 'labels')]} holds label {int(labels.max())} but meta.json says "
+            f"num_classes={num_classes}; {_image_fix(path)}"
+        )
+    return images, labels
+
+
+def check_image_split(
+    images: np.ndarray, labels: np.ndarray, *, num_classes: int, image_size: int,
+    in_channels: int, where: str,
+) -> None:
+    """Raise unless the images of ``where`` fit the model: square ``image_size`` pixels, one
+    channel (``model.in_channels=1``), every label below ``model.num_classes``."""
+    shape = tuple(images.shape[1:])
+    if shape != (image_size, image_size) or in_channels != 1:
+        raise ValueError(
+            f"the images at {where} are {shape} with 1 channel but model.image_size={image_size}, "
+            f"model.in_channels={in_channels}; set model.image_size={shape[0]}, "
+            "model.in_channels=1"
+        )
+    top = int(labels.max())
+    if top >= num_classes:
+        raise ValueError(
+            f"the labels at {where} go up to {top} but model.num_classes={num_classes}; set "
+            f"model.num_classes >= {top + 1}"
+        )
+
+
+def validate_image_dataset(
+    path: Path, *, num_classes: int, image_size: int, in_channels: int = 1
+) -> None:
+    """Everything a ViT run needs of the image dataset at ``path``, checked at start-up: both
+    splits load (:func:`load_images`) and fit the model (:func:`check_image_split`)."""
+    for split in ("train", "test"):
+        images, labels = load_images(path, split)
+        check_image_split(images, labels, num_classes=num_classes, image_size=image_size,
+                          in_channels=in_channels, where=f"{path} ({split})")
 
 
 # ---------------------------------------------------------------------------------- loader
@@ -277,6 +353,7 @@ class ImageLoader:
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        check_batching(batch_size, rank, world_size)
         if len(images) < batch_size * world_size:
             raise ValueError(
                 f"{len(images)} images are fewer than one global batch "
