@@ -26,6 +26,7 @@ from hyperfrac.train.checkpoint import (
     load_sharded,
     save_checkpoint,
     save_sharded,
+    save_state,
     temporary_dir,
     write_files,
 )
@@ -124,8 +125,8 @@ class CheckpointManager:
             files = write_files(
                 tmp,
                 {
-                    "scheduler.pt": lambda p: torch.save(scheduler.state_dict(), p),
-                    "train_state.pt": lambda p: torch.save(train_state, p),
+                    "scheduler.pt": lambda p: save_state(scheduler.state_dict(), p),
+                    "train_state.pt": lambda p: save_state(train_state, p),
                     "config.yaml": lambda p: p.write_text(config_yaml),
                 },
             )
