@@ -81,3 +81,55 @@ def test_missing_dataset_says_how_to_prepare(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"data.path={tmp_path / 'none'}"])
     with pytest.raises(FileNotFoundError, match="hyperfrac data prepare --corpus shakespeare"):
         Trainer(cfg)
+
+
+FREE_STRINGS = {
+    "RunConfig": {"name", "out_dir"},  # name: checked as a folder name
+    "DataConfig": {"kind", "corpus", "path"},  # kind and corpus: checked in validate
+    "TrainConfig": {"device"},  # parsed by torch.device
+    "CheckpointConfig": {"resume"},  # auto | never | a path
+    "LMConfig": {"norm"},  # checked by LMConfig.validate
+    "ViTConfig": {"norm", "pool"},  # checked by ViTConfig.validate
+}
+
+
+def test_every_numeric_and_word_field_has_a_range() -> None:
+    """A field added to a section without a range (or a word list) fails here, so no value
+    reaches a run unchecked."""
+    import dataclasses
+    import typing
+
+    from hyperfrac.train.config import CHOICES, RANGES
+
+    for cls in RANGES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if typing.get_origin(tp) in (tuple, dict):  # betas: OptimConfig.validate; connection:
+                # connections.validate_spec; rope_scaling: models.layers.Rotary (at build)
+                assert f.name in {"betas", "rope_scaling", "connection"}, f.name
+                continue
+            args = set(typing.get_args(tp)) or {tp}  # X | None -> {X, None}
+            if args & {int, float}:
+                assert f.name in RANGES[cls], f"{cls.__name__}.{f.name} has no range"
+            elif str in args:
+                known = CHOICES.get(cls, {}).keys() | FREE_STRINGS.get(cls.__name__, set())
+                assert f.name in known, f"{cls.__name__}.{f.name} has no word list"
+
+
+def test_from_dict_checks_a_whole_run_but_not_a_section() -> None:
+    """A run folder's stored config goes through from_dict, so it is checked too; a section
+    built alone is checked by its own validate()."""
+    from hyperfrac.train.config import OptimConfig
+
+    with pytest.raises(ValueError, match="optim.warmup_steps=-1 must be >= 0"):
+        from_dict(RunConfig, {"optim": {"warmup_steps": -1}})
+    section = from_dict(OptimConfig, {"warmup_steps": -1})
+    with pytest.raises(ValueError, match="optim.warmup_steps=-1"):
+        section.validate()
+    RunConfig().validate()  # the defaults are valid
+
+
+def test_warmup_longer_than_the_run_is_allowed() -> None:
+    """Short test runs keep their config's warmup (tiny: 20 steps) with train.steps=12."""
+    assert load_config("tiny", ["train.steps=12"]).optim.warmup_steps == 20

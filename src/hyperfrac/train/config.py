@@ -171,7 +171,7 @@ class CheckpointConfig:
         if typo and not Path(self.resume).exists():
             raise ValueError(
                 f"checkpoint.resume={self.resume!r} is neither auto, never nor an existing "
-                "checkpoint folder" + (f" — did you mean {near[0]!r}?" if near else "")
+                "checkpoint folder; " + (f"did you mean {near[0]!r}?" if near else "give one")
             )
 
 
