@@ -52,14 +52,19 @@ class UnsafeCheckpointError(CheckpointError):
     """A run-folder file that only loads with pickle (which may run code); never executed."""
 
 
-def refusal_message(path: Path, detail: str = "") -> str:
-    """The one-line message for a file that needs pickle."""
+def refusal_message(path: Path, detail: str = "", *, convertible: bool = True) -> str:
+    """The one-line message for a file that needs pickle (``convertible``: name the explicit
+    conversion for trusted folders)."""
     why = f" ({detail})" if detail else ""
+    fix = f"re-save it with a current hyperfrac ({__version__})"
+    if convertible:
+        fix += (
+            " or, only if you trust where the folder came from, convert it with "
+            f"hyperfrac.train.checkpoint.convert_legacy_checkpoint('{path.parent}')"
+        )
     return (
-        f"{path} needs pickle to load and hyperfrac refuses to unpickle it{why}; it may run "
-        f"code; re-save it with a current hyperfrac ({__version__}) or, only if you trust where "
-        "the folder came from, convert it with hyperfrac.train.checkpoint."
-        f"convert_legacy_checkpoint('{path.parent}')"
+        f"{path} needs pickle to load and hyperfrac refuses to unpickle it{why}; "
+        f"it may run code; {fix}"
     )
 
 
@@ -210,12 +215,12 @@ def load_state(path: Path, source: bytes | None = None) -> Any:
                 obj = load()
         except Exception as e2:
             if _needs_pickle(e2) or isinstance(e2, pickle.UnpicklingError):
-                raise UnsafeCheckpointError(refusal_message(path, _offending(e2))) from None
+                raise UnsafeCheckpointError(refusal_message(path, unpickler_reason(e2))) from None
             raise CheckpointError(f"checkpoint file {path} is unreadable ({e2})") from e2
     return decode_state(obj)
 
 
-def _offending(e: Exception) -> str:
+def unpickler_reason(e: Exception) -> str:
     """The unpickler's reason in a few words (e.g. ``it references posix.system``)."""
     text = str(e)
     m = re.search(r"GLOBAL ([\w.]+)", text)

@@ -28,7 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hyperfrac.train.checkpoint.safe_io import UnsafeCheckpointError, refusal_message
+from hyperfrac.train.checkpoint.safe_io import (
+    UnsafeCheckpointError,
+    refusal_message,
+    unpickler_reason,
+)
 
 DCP_DIR = "dcp"
 
@@ -62,7 +66,9 @@ def read_dcp_metadata(path: Path) -> Any:
         with open(path, "rb") as f:
             return _MetadataUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(refusal_message(Path(path), str(e))) from None
+        raise UnsafeCheckpointError(
+            refusal_message(Path(path), str(e), convertible=False)
+        ) from None
 
 
 def _safe_reader(checkpoint_id: str) -> Any:
@@ -92,9 +98,11 @@ def _safe_planner(checkpoint_id: str) -> Any:
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
-                where = Path(checkpoint_id) / "(shards)"
-                detail = f"entry {read_item.dest_index.fqn}: {str(e).splitlines()[0]}"
-                raise UnsafeCheckpointError(refusal_message(where, detail)) from None
+                where = Path(checkpoint_id)
+                detail = f"entry {read_item.dest_index.fqn}: {unpickler_reason(e)}"
+                raise UnsafeCheckpointError(
+                    refusal_message(where, detail, convertible=False)
+                ) from None
             super().load_bytes(read_item, _as_bytes(obj))
 
     return SafeLoadPlanner()
@@ -145,6 +153,7 @@ def load_sharded(
     to this run's processes and sharding (FSDP2 or none). Verify the folder first
     (:func:`~hyperfrac.train.checkpoint.load_checkpoint` does)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_state_dict,
@@ -153,6 +162,7 @@ def load_sharded(
     )
 
     cid = str(Path(folder) / DCP_DIR)
+    read_dcp_metadata(Path(cid) / ".metadata")  # refuse an unsafe file before DCP sees it
     if optimizer is None:
         model_sd = get_model_state_dict(model)
         state = {"model": model_sd}
@@ -160,9 +170,15 @@ def load_sharded(
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
     with _dcp_mode() as no_dist:
-        dcp.load(
-            state, storage_reader=_safe_reader(cid), planner=_safe_planner(cid), no_dist=no_dist
-        )
+        try:
+            dcp.load(
+                state, storage_reader=_safe_reader(cid), planner=_safe_planner(cid), no_dist=no_dist
+            )
+        except CheckpointException as e:  # DCP wraps every rank's error: surface a refusal
+            for exc, _ in e.failures.values():
+                if isinstance(exc, UnsafeCheckpointError):
+                    raise exc from None
+            raise
     if optimizer is None:
         set_model_state_dict(model, model_sd)
     else:
