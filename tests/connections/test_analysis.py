@@ -1,14 +1,12 @@
-"""Unfolded connection matrices, Amax gain, optimizer groups and overhead accounting."""
+"""Unfolded connection matrices, Amax gain and overhead accounting."""
 
 import pytest
 import torch
-from torch import nn
 
 from hyperfrac.connections import (
     amax_gain,
     build,
     overhead,
-    param_groups,
     unfolded_connection_matrix,
 )
 
@@ -99,33 +97,6 @@ def test_mhc_gain_stays_near_one_and_hc_can_grow():
     assert (g_mhc["composite_forward"] - 1).abs().max() < 1e-5
     assert g_mhc["composite_backward"].max() < 1.6
     assert g_hc["composite_forward"].max() > 10
-
-
-def test_param_groups_split_static_and_dynamic():
-    model = nn.ModuleDict({
-        "conn": build("dhc", D, n_streams=2),
-        "fc": build("dfc", D, n_fracs=2),
-        "mhc": build("mhc", D),
-        "lin": nn.Linear(D, D),
-    })
-    groups = {g["name"]: g for g in param_groups(model, 0.1)}
-    decay = {id(p) for p in groups["decay"]["params"]}
-    no_decay = {id(p) for p in groups["no_decay"]["params"]}
-    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0
-    for c in (model["conn"], model["fc"]):
-        assert id(c.dynamic_alpha) in decay and id(c.dynamic_beta) in decay
-        for p in (c.static_alpha, c.static_beta, c.alpha_scale, c.beta_scale):
-            assert id(p) in no_decay
-    assert id(model["fc"].norm_weight) in no_decay
-    assert id(model["mhc"].phi) in decay and id(model["mhc"].b_res) in no_decay
-    assert id(model["lin"].weight) in decay and id(model["lin"].bias) in no_decay
-    assert len(decay) + len(no_decay) == len(list(model.parameters()))
-
-
-def test_param_groups_leave_out_frozen_parameters():
-    conn = build("dhc", D, n_streams=2, freeze=("width",))
-    names = {id(p) for g in param_groups(conn, 0.1) for p in g["params"]}
-    assert id(conn.static_alpha) not in names and id(conn.static_beta) in names
 
 
 @pytest.mark.parametrize("kind,opts,expected", [

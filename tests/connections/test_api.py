@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hyperfrac.bench.memory import saved_tensor_bytes
-from hyperfrac.connections import KINDS, build, options_for
+from hyperfrac.connections import KINDS, build, connection_class, options_for
 from hyperfrac.connections.registry import _factory_keywords
 
 from .helpers import mlp_branches, perturb
@@ -31,6 +31,31 @@ def test_schema_covers_exactly_the_constructor_options(kind):
     """The option schema and the class signatures cannot drift apart: a constructor option
     without a schema entry would go unchecked, an entry without an option would fail."""
     assert options_for(kind) == _factory_keywords(kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_slot_option_sets_the_slot_count(kind):
+    option = connection_class(kind).slot_option
+    if option is None:
+        assert build(kind, D).n_slots == 1
+    else:
+        assert option in options_for(kind)
+        assert build(kind, D, **{option: 4}).n_slots == 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flops_per_token_count_the_mixing_and_the_dynamic_part(kind):
+    """Static HC/FC: width P^T h (2SRDs) + depth Q^T h + beta o (2S^2 Ds + 2S Ds); the
+    dynamic kinds add their coefficient maths; residual and Post-Norm count the add (D)."""
+    option = connection_class(kind).slot_option
+    conn = build(kind, D, **({option: 4} if option else {}))
+    s, ds, r = conn.n_slots, getattr(conn, "slot_dim", D), getattr(conn, "n_inputs", 1)
+    mixing = 2 * s * r * ds + 2 * s * s * ds + 2 * s * ds if option else D
+    if getattr(conn, "dynamic", False):
+        assert conn.flops_per_token() > mixing
+    else:
+        assert conn.flops_per_token() == mixing
+    assert conn.extra_params() == sum(p.numel() for p in conn.parameters())
 
 
 def test_unknown_kind():

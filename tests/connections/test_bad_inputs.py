@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from hyperfrac.connections import KINDS, ConnectionSpecError, build, options_for
+from hyperfrac.connections import KINDS, ConnectionSpecError, build, connection_class
 
 D, B, T = 8, 2, 3
 
 
 def _opts(kind: str) -> dict:
     """Two slots for every kind that has them (found through the registry, not by name)."""
-    names = options_for(kind) & {"n_streams", "n_fracs"}
-    return {name: 2 for name in names}
+    option = connection_class(kind).slot_option
+    return {option: 2} if option else {}
 
 
 def _linear(seed: int = 0) -> torch.nn.Linear:

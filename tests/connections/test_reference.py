@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hyperfrac.connections import build
-from hyperfrac.connections import functional as HF
+from hyperfrac.connections import functional as kernels
 
 from . import reference as ref
 from .helpers import mlp_branches, perturb
@@ -18,8 +18,8 @@ def _hc_args(c):
     a = dict(A_m=c.static_alpha[:, :1], A_r=c.static_alpha[:, 1:], B=c.static_beta)
     if c.dynamic:
         a.update(W_m=c.dynamic_alpha[:, 0], W_r=c.dynamic_alpha[:, 1:], W_b=c.dynamic_beta,
-                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c._norm_mode,
-                 norm_weight=c.norm_weight, tanh=c._act is torch.tanh, eps=c.eps)
+                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
+                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
     return a
 
 
@@ -28,15 +28,15 @@ def _fc_args(c):
     a = dict(Y=c.static_alpha[:, :m], A=c.static_alpha[:, m:], B=c.static_beta)
     if c.dynamic:
         a.update(W_y=c.dynamic_alpha[:, :m], W_a=c.dynamic_alpha[:, m:], W_b=c.dynamic_beta,
-                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c._norm_mode,
-                 norm_weight=c.norm_weight, tanh=c._act is torch.tanh, eps=c.eps)
+                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
+                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
     return a
 
 
 def _mhc_args(c):
     return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
                 a_post=c.alpha_post, a_res=c.alpha_res, iters=c.sinkhorn_iters,
-                norm=c._norm_mode != "none", eps=c.eps)
+                norm=c.norm_mode != "none", eps=c.eps)
 
 
 CASES = [
@@ -97,9 +97,9 @@ def test_gradcheck_norm_project(mode):
     torch.manual_seed(0)
     h = torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: HF.norm_project(a, b, mode, 1e-5), (h, w))
+    assert torch.autograd.gradcheck(lambda a, b: kernels.norm_project(a, b, mode, 1e-5), (h, w))
     expected = ref._norm(h, mode, 1e-5) @ w
-    torch.testing.assert_close(HF.norm_project(h, w, mode, 1e-5), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(kernels.norm_project(h, w, mode, 1e-5), expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("r", [1, 3])
@@ -111,20 +111,20 @@ def test_gradcheck_width_and_depth(r):
     q = torch.randn(4, s, s, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, s, dtype=torch.float64, requires_grad=True)
     o = torch.randn(4, r, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(HF.width_apply, (h, p))
-    assert torch.autograd.gradcheck(HF.depth_apply, (h, q, b, o))
+    assert torch.autograd.gradcheck(kernels.width_apply, (h, p))
+    assert torch.autograd.gradcheck(kernels.depth_apply, (h, q, b, o))
     # static (shared) coefficients take the broadcast path
     ps = torch.randn(s, r, dtype=torch.float64, requires_grad=True)
     qs = torch.randn(s, s, dtype=torch.float64, requires_grad=True)
     bs = torch.randn(s, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(HF.width_apply, (h, ps))
-    assert torch.autograd.gradcheck(HF.depth_apply, (h, qs, bs, o))
+    assert torch.autograd.gradcheck(kernels.width_apply, (h, ps))
+    assert torch.autograd.gradcheck(kernels.depth_apply, (h, qs, bs, o))
 
 
 def test_gradcheck_sinkhorn():
     x = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: HF.sinkhorn(t, 6), (x,))
-    torch.testing.assert_close(HF.sinkhorn(x, 6), ref.sinkhorn(x, 6), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: kernels.sinkhorn(t, 6), (x,))
+    torch.testing.assert_close(kernels.sinkhorn(x, 6), ref.sinkhorn(x, 6), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind,opts", [("dhc", {"n_streams": 2}), ("dfc", {"n_fracs": 2}),
@@ -182,16 +182,16 @@ def test_gradcheck_fused_dynamic_width(mode, r, tanh):
     ka, kb = torch.tensor(0.7, **dd), torch.tensor(-0.4, **dd)
 
     def f(*args):
-        x, p, q, beta = HF.dynamic_width(*args, norm=mode, eps=1e-5, tanh=tanh)
+        x, p, q, beta = kernels.dynamic_width(*args, norm=mode, eps=1e-5, tanh=tanh)
         assert not p.requires_grad
         return x, q, beta
 
     assert torch.autograd.gradcheck(f, (h, w, sa, sb, ka, kb))
     # and it equals the unfused composition
-    t = HF.norm_project(h, w, mode, 1e-5)
+    t = kernels.norm_project(h, w, mode, 1e-5)
     t = torch.tanh(t) if tanh else t
     alpha, beta = sa + ka * t[..., :-1], sb + kb * t[..., -1]
     x, q, b = f(h, w, sa, sb, ka, kb)
-    torch.testing.assert_close(x, HF.width_apply(h, alpha[..., :r]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(x, kernels.width_apply(h, alpha[..., :r]), rtol=0, atol=1e-12)
     torch.testing.assert_close(q, alpha[..., r:], rtol=0, atol=1e-12)
     torch.testing.assert_close(b, beta, rtol=0, atol=1e-12)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
+from hyperfrac.connections import build
 from hyperfrac.models import build_preset
 from hyperfrac.train.config import OptimConfig
-from hyperfrac.train.optim import build_optimizer, lr_factor
+from hyperfrac.train.optim import build_optimizer, lr_factor, param_groups
 from hyperfrac.train.stability import SpikeMonitor
 
 
@@ -38,6 +40,33 @@ def test_no_weight_decay_on_static_connection_params() -> None:
     assert wd[id(model.blocks[0].attn.qkv.weight)] == 0.1
     assert wd[id(model.norm.weight)] == 0.0
     assert len(wd) == len({id(p) for p in model.parameters()})  # every parameter in one group
+
+
+def test_param_groups_split_static_and_dynamic() -> None:
+    model = nn.ModuleDict({
+        "conn": build("dhc", 8, n_streams=2),
+        "fc": build("dfc", 8, n_fracs=2),
+        "mhc": build("mhc", 8),
+        "lin": nn.Linear(8, 8),
+    })
+    groups = {g["name"]: g for g in param_groups(model, 0.1)}
+    decay = {id(p) for p in groups["decay"]["params"]}
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0
+    for c in (model["conn"], model["fc"]):
+        assert id(c.dynamic_alpha) in decay and id(c.dynamic_beta) in decay
+        for p in (c.static_alpha, c.static_beta, c.alpha_scale, c.beta_scale):
+            assert id(p) in no_decay
+    assert id(model["fc"].norm_weight) in no_decay
+    assert id(model["mhc"].phi) in decay and id(model["mhc"].b_res) in no_decay
+    assert id(model["lin"].weight) in decay and id(model["lin"].bias) in no_decay
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def test_param_groups_leave_out_frozen_parameters() -> None:
+    conn = build("dhc", 8, n_streams=2, freeze=("width",))
+    names = {id(p) for g in param_groups(conn, 0.1) for p in g["params"]}
+    assert id(conn.static_alpha) not in names and id(conn.static_beta) in names
 
 
 def test_spike_monitor_flags_spikes_and_round_trips() -> None:

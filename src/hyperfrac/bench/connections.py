@@ -78,7 +78,7 @@ class NaiveStack(OursStack):
 
     def layer(self, c: nn.Module, h: Tensor, branch: nn.Module) -> Tensor:
         r = c.n_inputs
-        if c._norm_mode == "layernorm":
+        if c.norm_mode == "layernorm":
             hn = F.layer_norm(h, (c.slot_dim,))
         else:
             hn = F.rms_norm(h, (c.slot_dim,), c.norm_weight)

@@ -13,7 +13,6 @@
 from hyperfrac.connections.analysis import (
     amax_gain,
     overhead,
-    param_groups,
     unfolded_connection_matrix,
 )
 from hyperfrac.connections.base import Connection, StreamConnection
@@ -24,6 +23,7 @@ from hyperfrac.connections.options import ConnectionSpecError
 from hyperfrac.connections.registry import (
     KINDS,
     build,
+    connection_class,
     options_for,
     register,
     schema_for,
@@ -43,9 +43,9 @@ __all__ = [
     "StreamConnection",
     "amax_gain",
     "build",
+    "connection_class",
     "options_for",
     "overhead",
-    "param_groups",
     "register",
     "schema_for",
     "unfolded_connection_matrix",

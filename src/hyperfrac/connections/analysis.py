@@ -1,5 +1,5 @@
-"""Introspection the papers' analyses need: unfolded matrices, Amax gain, optimizer groups,
-parameter/FLOP overheads. Works on the paper-layout matrices of any connection kind.
+"""Introspection the papers' analyses need: unfolded matrices, Amax gain, parameter/FLOP
+overheads. Works on the paper-layout matrices of any connection kind.
 
 Paper layout of one layer (S slots, R branch-input slots): M = [[0_{1xR}, beta], [P, Q]],
 shape (S+1, R+S); HC/mHC have R = 1, FC has R = S = m.
@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
-from hyperfrac.connections.base import Connection
+from torch import Tensor
 
 
 def _split(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,56 +87,6 @@ def amax_gain(matrices: Sequence[Tensor]) -> dict[str, Tensor]:
     return {names[k]: torch.stack(v, dim=-1) for k, v in out.items()}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: no weight decay on static connection parameters (HC §4,
-    FC §4.3), their scales and norm weights; decay on dynamic connection projections. Other
-    parameters follow the usual rule: matrices (dim >= 2) decay, vectors and scalars do not.
-    Frozen parameters (requires_grad=False) are left out.
-    """
-    decay: dict[int, nn.Parameter] = {}
-    no_decay: dict[int, nn.Parameter] = {}
-    conn_params: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, Connection):
-            for p in module.decay_parameters():
-                decay[id(p)] = p
-            for p in module.no_decay_parameters():
-                no_decay[id(p)] = p
-            conn_params.update(id(p) for p in module.parameters())
-    for p in model.parameters():
-        if id(p) in conn_params:
-            continue
-        (decay if p.dim() >= 2 else no_decay)[id(p)] = p
-    groups = [
-        {"name": "decay", "params": [p for p in decay.values() if p.requires_grad],
-         "weight_decay": float(weight_decay)},
-        {"name": "no_decay", "params": [p for p in no_decay.values() if p.requires_grad],
-         "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def _stream_flops(conn: Connection) -> int:
-    """Forward FLOPs per token of one connection module (multiply-add = 2 FLOPs)."""
-    from hyperfrac.connections.base import StreamConnection
-    from hyperfrac.connections.mhc import ManifoldHyperConnection
-
-    if not isinstance(conn, StreamConnection):
-        return conn.dim  # the residual add
-    s, ds, r = conn.n_slots, conn.slot_dim, conn.n_inputs
-    flops = 2 * s * r * ds  # width: P^T h
-    flops += 2 * s * s * ds + 2 * s * ds  # depth: Q^T h + beta * o
-    if getattr(conn, "dynamic", False):
-        if isinstance(conn, ManifoldHyperConnection):
-            k = s * s + 2 * s
-            flops += 2 * s * ds * k + 2 * s * ds  # projection of vec(x) + RMS statistics
-            flops += 4 * s * s * conn.sinkhorn_iters + 8 * k  # Sinkhorn + gates
-        else:
-            k = r + s + 1
-            flops += s * (2 * ds * k + 3 * ds + 4 * k)  # norm stats, projection, tanh*scale+add
-    return flops
-
-
 def overhead(kind: str, dim: int, n_modules: int, **options) -> dict[str, int]:
     """Extra parameters and forward FLOPs per token of ``n_modules`` connection modules.
 
@@ -153,6 +101,6 @@ def overhead(kind: str, dim: int, n_modules: int, **options) -> dict[str, int]:
     with torch.device("meta"):
         for idx in range(n_modules):
             conn = build(kind, dim, layer_idx=idx, **options)
-            params += sum(p.numel() for p in conn.parameters())
-            flops += _stream_flops(conn) - dim
+            params += conn.extra_params()
+            flops += conn.flops_per_token() - dim
     return {"params": params, "flops_per_token": flops}

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from hyperfrac.connections import functional as HF
+from hyperfrac.connections import functional as kernels
+from hyperfrac.connections.recompute import RecomputeInput
 
 
 def _check_index(name: str, value: Any, minimum: int) -> None:
@@ -41,6 +42,10 @@ class Connection(nn.Module):
     kind: str = "abstract"
     #: False only for Post-Norm: a block must not put its own norm in front of the branch.
     uses_prenorm: bool = True
+    #: The spec option that sets the slot count (``n_streams``, ``n_fracs``), or None.
+    slot_option: ClassVar[str | None] = None
+    #: S, slots of the stream state per token (1: the hidden state itself).
+    n_slots: int = 1
 
     def __init__(self, dim: int, *, layer_idx: int = 0, channel_first: bool = False) -> None:
         super().__init__()
@@ -55,6 +60,14 @@ class Connection(nn.Module):
     def output_scale(self) -> float:
         """Multiplier for the init std of a block's output projections (HC §4: sqrt(n))."""
         return 1.0
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token of this module (multiply-add = 2): here the residual add."""
+        return self.dim
+
+    def extra_params(self) -> int:
+        """Parameters this module adds to the branches (the plain residual adds none)."""
+        return sum(p.numel() for p in self.parameters())
 
     def expand(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -137,48 +150,6 @@ class StreamState(NamedTuple):
     lead: tuple[int, ...]  # leading shape of the state
 
 
-class _XView(NamedTuple):
-    """Placeholder for a saved view of the branch input."""
-
-    size: torch.Size
-    stride: tuple[int, ...]
-    offset: int
-
-
-class _RecomputeInput:
-    """saved_tensors_hooks that drop the branch input x from autograd's saved tensors and
-    rebuild it in backward as P^T h from the connection's own saved state (one small bmm).
-
-    Any saved tensor that is x or a view of x is replaced by an :class:`_XView`; x is
-    recomputed once per backward and shared by all unpacks. Other tensors go to the hooks that
-    were active outside (e.g. CPU offloading, or a memory probe), so the two compose.
-    """
-
-    def __init__(self, x: Tensor, recompute: Callable[[], Tensor]) -> None:
-        self.ptr = x.untyped_storage().data_ptr()
-        self.x_offset = x.storage_offset()
-        self.recompute_fn = recompute
-        self.cache: Tensor | None = None
-        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-        outer = top(False) if top is not None else None
-        self.outer_pack, self.outer_unpack = outer if outer else (None, None)
-
-    def pack(self, t: Tensor):
-        if t.untyped_storage().data_ptr() == self.ptr:
-            return _XView(t.size(), t.stride(), t.storage_offset() - self.x_offset)
-        return self.outer_pack(t) if self.outer_pack is not None else t
-
-    def unpack(self, packed):
-        if not isinstance(packed, _XView):
-            return self.outer_unpack(packed) if self.outer_unpack is not None else packed
-        if self.cache is None:
-            with torch.no_grad():
-                self.cache = self.recompute_fn()
-        return self.cache.as_strided(
-            packed.size, packed.stride, self.cache.storage_offset() + packed.offset
-        )
-
-
 class StreamConnection(Connection):
     """Shared machinery of HC, FC and mHC: a state of S slots of width Ds per token.
 
@@ -202,6 +173,16 @@ class StreamConnection(Connection):
     def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """(P, Q, beta) for a flattened state hb (N, S, Ds); static ones when hb is None."""
         raise NotImplementedError
+
+    def _coefficient_flops(self) -> int:
+        """FLOPs per token of computing the coefficients (0 when they are static)."""
+        return 0
+
+    def flops_per_token(self) -> int:
+        s, ds, r = self.n_slots, self.slot_dim, self.n_inputs
+        flops = 2 * s * r * ds  # width: P^T h
+        flops += 2 * s * s * ds + 2 * s * ds  # depth: Q^T h + beta * o
+        return flops + self._coefficient_flops()
 
     # ----------------------------------------------------------------- layout
     def _check_state(self, h: Tensor) -> None:
@@ -256,12 +237,12 @@ class StreamConnection(Connection):
     def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
         hb, lead = self._flatten(h)  # (N, S, Ds)
         p, q, beta = self.coefficients(hb)
-        xb = HF.width_apply(hb, p)  # (N, R, Ds)
+        xb = kernels.width_apply(hb, p)  # (N, R, Ds)
         return self._to_model(xb, lead), StreamState(hb, p, q, beta, lead)
 
     def depth_connection(self, out: Tensor, state: StreamState) -> Tensor:
         ob = self._from_model(out, state.lead)  # (N, R, Ds)
-        return self._unflatten(HF.depth_apply(state.h, state.q, state.beta, ob), state.lead)
+        return self._unflatten(kernels.depth_apply(state.h, state.q, state.beta, ob), state.lead)
 
     def forward(self, h: Tensor, branch: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         x, state = self.width_connection(h)
@@ -271,9 +252,9 @@ class StreamConnection(Connection):
         # Activation memory (HC App. B: recompute the mixing): the branch's saved copy of its
         # input x is replaced by a recipe, x = P^T h, rebuilt in backward from state.
         def rebuild() -> Tensor:
-            return self._to_model(HF.width_apply(state.h, state.p.detach()), state.lead)
+            return self._to_model(kernels.width_apply(state.h, state.p.detach()), state.lead)
 
-        hooks = _RecomputeInput(x, rebuild)
+        hooks = RecomputeInput(x, rebuild)
         with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
             out = branch(x, *args, **kwargs)
         return self.depth_connection(out, state)

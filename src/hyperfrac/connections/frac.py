@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hyperfrac.connections.hyper import DynamicMixing
+from hyperfrac.connections.mixing import DynamicMixing
 
 
 class FracConnection(DynamicMixing):
@@ -28,6 +28,7 @@ class FracConnection(DynamicMixing):
     """
 
     kind = "dfc"
+    slot_option = "n_fracs"
 
     def __init__(self, dim: int, *, n_fracs: int = 4, layer_idx: int = 0, **options) -> None:
         if dim % n_fracs != 0:

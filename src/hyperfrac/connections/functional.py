@@ -28,7 +28,15 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["norm_project", "dynamic_width", "width_apply", "depth_apply", "sinkhorn"]
+__all__ = [
+    "activation",
+    "depth_apply",
+    "dynamic_width",
+    "mixing_coefficients",
+    "norm_project",
+    "sinkhorn",
+    "width_apply",
+]
 
 _NORMS = ("layernorm", "rmsnorm", "none")
 
@@ -192,6 +200,29 @@ def width_apply(h: Tensor, p: Tensor) -> Tensor:
     return _WidthApply.apply(h, p)
 
 
+def activation(logits: Tensor, tanh: bool) -> Tensor:
+    """tanh of the dynamic logits (HC Eq. 11-13), or the identity (FC §5.1 ablation)."""
+    return torch.tanh(logits) if tanh else logits
+
+
+def mixing_coefficients(
+    t: Tensor, static_alpha: Tensor, static_beta: Tensor, alpha_scale: Tensor, beta_scale: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Dynamic HC/FC coefficients from the activated logits t (N, S, R+S+1), in t's dtype:
+
+        [P | Q] = static_alpha + s_alpha * t[..., :R+S]    (HC Eq. 12-13, FC Eq. 13-14)
+        beta    = static_beta  + s_beta  * t[..., -1]      (HC Eq. 11,    FC Eq. 12)
+
+    static_alpha: (S, R+S), static_beta: (S,), scales: (1,). Returns alpha = [P | Q]
+    (N, S, R+S) and beta (N, S). The one implementation of these equations: the module's
+    :meth:`coefficients` and the fused kernel both call it.
+    """
+    cdt = t.dtype
+    alpha = static_alpha.to(cdt) + alpha_scale.to(cdt) * t[..., :-1]
+    beta = static_beta.to(cdt) + beta_scale.to(cdt) * t[..., -1]
+    return alpha, beta
+
+
 class _DynamicWidth(torch.autograd.Function):
     """Dynamic coefficients and the width connection in one kernel (HC Eq. 8-13 + Eq. 2,
     FC Eq. 9-14 + Eq. 8):
@@ -213,14 +244,15 @@ class _DynamicWidth(torch.autograd.Function):
         cdt = h32.dtype
         r = static_alpha.shape[1] - static_alpha.shape[0]
         logits, rstd, mu = _np_forward(h32, w.to(cdt), mode, eps)
-        t = torch.tanh(logits) if tanh else logits  # (N, S, K)
-        alpha = static_alpha.to(cdt) + alpha_scale.to(cdt) * t[..., :-1]  # (N, S, R+S)
-        beta = static_beta.to(cdt) + beta_scale.to(cdt) * t[..., -1]  # (N, S)
-        p = alpha[..., :r]  # (N, S, R)
+        t = activation(logits, tanh)  # (N, S, K)
+        alpha, beta = mixing_coefficients(t, static_alpha, static_beta, alpha_scale, beta_scale)
+        p = alpha[..., :r]  # (N, S, R); alpha (N, S, R+S), beta (N, S)
         x = torch.bmm(p.transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds) -> (N, R, Ds)
         ctx.mode, ctx.tanh, ctx.r = mode, tanh, r
         # t and P are rebuilt from the logits in backward (cheap, (N, S, K)): less saved memory
-        ctx.save_for_backward(h, w, logits, rstd, mu, static_alpha, alpha_scale, beta_scale)
+        ctx.save_for_backward(
+            h, w, logits, rstd, mu, static_alpha, static_beta, alpha_scale, beta_scale
+        )
         p_out = p.detach().contiguous()  # for recomputing x; gradients flow through x only
         ctx.mark_non_differentiable(p_out)
         return x.to(h.dtype), p_out, alpha[..., r:].contiguous(), beta
@@ -228,13 +260,16 @@ class _DynamicWidth(torch.autograd.Function):
     @staticmethod
     @_fp32_region
     def backward(ctx, gx, _gp, gq, gbeta):
-        h, w, logits, rstd, mu, static_alpha, alpha_scale, beta_scale = ctx.saved_tensors
+        h, w, logits, rstd, mu, static_alpha, static_beta, alpha_scale, beta_scale = (
+            ctx.saved_tensors
+        )
         h32 = _f32(h)
         cdt = h32.dtype
         n, s, _ = h.shape
         r = ctx.r
-        t = torch.tanh(logits) if ctx.tanh else logits  # (N, S, K)
-        p = static_alpha[:, :r].to(cdt) + alpha_scale.to(cdt) * t[..., :r]  # (N, S, R)
+        t = activation(logits, ctx.tanh)  # (N, S, K)
+        alpha, _ = mixing_coefficients(t, static_alpha, static_beta, alpha_scale, beta_scale)
+        p = alpha[..., :r]  # (N, S, R)
         gx = gx.to(cdt).contiguous()  # (N, R, Ds)
         gq = gq.to(cdt) if gq is not None else h32.new_zeros(n, s, s)
         gbeta = gbeta.to(cdt) if gbeta is not None else h32.new_zeros(n, s)
@@ -254,7 +289,7 @@ class _DynamicWidth(torch.autograd.Function):
             need_w=ctx.needs_input_grad[1],
         )
         return (grad_h.to(h.dtype), None if grad_w is None else grad_w.to(w.dtype),
-                grad_sa.to(static_alpha.dtype), grad_sb.to(static_alpha.dtype),
+                grad_sa.to(static_alpha.dtype), grad_sb.to(static_beta.dtype),
                 grad_scale_a.to(alpha_scale.dtype).reshape(alpha_scale.shape),
                 grad_scale_b.to(beta_scale.dtype).reshape(beta_scale.shape), None, None, None)
 

@@ -33,23 +33,19 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from hyperfrac.connections import functional as HF
-from hyperfrac.connections.base import StreamConnection
-from hyperfrac.connections.hyper import HyperConnection, _identity
+from hyperfrac.connections import functional as kernels
+from hyperfrac.connections.streams import CopiedStreams
 
 
 def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-class ManifoldHyperConnection(StreamConnection):
+class ManifoldHyperConnection(CopiedStreams):
     """mHC with ``n_streams`` streams. Parameters: phi (n*C, n^2+2n), b_pre, b_post, b_res,
     alpha_pre, alpha_post, alpha_res (names from mHC Eq. 7)."""
 
     kind = "mhc"
-    expand = HyperConnection.expand
-    reduce = HyperConnection.reduce
-    output_scale = HyperConnection.output_scale
 
     def __init__(
         self,
@@ -76,7 +72,7 @@ class ManifoldHyperConnection(StreamConnection):
         self.sinkhorn_iters = sinkhorn_iters
         self.eps = float(eps)
 
-        k = layer_idx % n
+        k = self.layer_stream  # mHC's softened HC Eq. 14
         if n == 1:
             b_pre = torch.full((1,), _logit(pre_init))
         else:
@@ -92,18 +88,14 @@ class ManifoldHyperConnection(StreamConnection):
             self.alpha_pre = nn.Parameter(torch.full((1,), float(scale_init)))
             self.alpha_post = nn.Parameter(torch.full((1,), float(scale_init)))
             self.alpha_res = nn.Parameter(torch.full((1,), float(scale_init)))
-            self._norm_mode = "rmsnorm" if norm else "none"
-            self._act = torch.tanh if tanh else _identity
-
-    @property
-    def n_streams(self) -> int:
-        return self.n_slots
+            self.norm_mode = "rmsnorm" if norm else "none"
+            self.tanh = bool(tanh)
 
     def _project(self, pre: Tensor, post: Tensor, res: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """mHC Eq. 8 -> HC layout (P = H_pre^T, Q = H_res^T, beta = H_post)."""
         h_pre = torch.sigmoid(pre)
         h_post = 2.0 * torch.sigmoid(post)
-        h_res = HF.sinkhorn(res, self.sinkhorn_iters)
+        h_res = kernels.sinkhorn(res, self.sinkhorn_iters)
         return h_pre.unsqueeze(-1), h_res.transpose(-1, -2), h_post
 
     def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -111,7 +103,8 @@ class ManifoldHyperConnection(StreamConnection):
         if not self.dynamic or hb is None:
             return self._project(self.b_pre, self.b_post, self.b_res)
         flat = hb.reshape(hb.shape[0], 1, n * self.slot_dim)  # (N, 1, n*C)
-        logits = self._act(HF.norm_project(flat, self.phi, self._norm_mode, self.eps))[:, 0]
+        logits = kernels.norm_project(flat, self.phi, self.norm_mode, self.eps)  # mHC Eq. 7
+        logits = kernels.activation(logits, self.tanh)[:, 0]  # (N, n^2 + 2n)
         pre = self.alpha_pre * logits[:, :n] + self.b_pre  # (N, n)
         post = self.alpha_post * logits[:, n : 2 * n] + self.b_post  # (N, n)
         res = self.alpha_res * logits[:, 2 * n :].unflatten(-1, (n, n)) + self.b_res  # (N, n, n)
@@ -120,6 +113,14 @@ class ManifoldHyperConnection(StreamConnection):
     def decay_parameters(self) -> Iterator[nn.Parameter]:
         if self.dynamic:
             yield self.phi
+
+    def _coefficient_flops(self) -> int:
+        if not self.dynamic:
+            return 0
+        s, ds = self.n_slots, self.slot_dim
+        k = s * s + 2 * s
+        flops = 2 * s * ds * k + 2 * s * ds  # projection of vec(x) + RMS statistics
+        return flops + 4 * s * s * self.sinkhorn_iters + 8 * k  # Sinkhorn + gates
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, n_streams={self.n_slots}, iters={self.sinkhorn_iters}"

@@ -12,8 +12,9 @@ from typing import Any
 
 from hyperfrac.connections.base import Connection
 from hyperfrac.connections.frac import FracConnection
-from hyperfrac.connections.hyper import FREEZABLE, NORM_TYPES, HyperConnection
+from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.mhc import ManifoldHyperConnection
+from hyperfrac.connections.mixing import FREEZABLE, NORM_TYPES
 from hyperfrac.connections.options import (
     Choice,
     ConnectionSpecError,
@@ -91,6 +92,13 @@ def options_for(kind: str) -> set[str]:
     return set(_entry(kind).schema)
 
 
+def connection_class(kind: str) -> type[Connection]:
+    """The class ``build(kind, ...)`` instantiates, for per-kind facts without building one
+    (e.g. ``connection_class("dfc").slot_option == "n_fracs"``)."""
+    factory = _entry(kind).factory
+    return factory.func if isinstance(factory, partial) else factory
+
+
 def schema_for(kind: str) -> dict[str, Option]:
     """Option name -> :class:`~hyperfrac.connections.options.Option` (with its ``doc``)."""
     return dict(_entry(kind).schema)
@@ -101,9 +109,8 @@ def _factory_keywords(kind: str) -> set[str]:
     cover (a test holds the two equal, so a new constructor option cannot go unchecked)."""
     factory = _entry(kind).factory
     fixed = set(factory.keywords) if isinstance(factory, partial) else set()
-    cls = factory.func if isinstance(factory, partial) else factory
     names: set[str] = set()
-    for klass in cls.__mro__:
+    for klass in connection_class(kind).__mro__:
         if issubclass(klass, Connection) and "__init__" in klass.__dict__:
             params = inspect.signature(klass.__dict__["__init__"]).parameters.values()
             names.update(p.name for p in params if p.kind is p.KEYWORD_ONLY)

@@ -40,25 +40,35 @@ from typing import Any
 import torch
 
 from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.connections import connection_class, validate_spec
 from hyperfrac.precision import autocast as precision_autocast
 
 DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
 
 
 def parse_kind(spec: str) -> dict[str, Any]:
-    """``dhc:4`` -> {kind: dhc, n_streams: 4}; ``dfc:4`` -> {kind: dfc, n_fracs: 4}."""
+    """``dhc:4`` -> {kind: dhc, n_streams: 4}; ``dfc:4`` -> {kind: dfc, n_fracs: 4}: the number
+    sets the kind's slot option (its ``slot_option``); the spec is checked at once."""
     kind, _, n = spec.partition(":")
     conn: dict[str, Any] = {"kind": kind}
     if n:
-        conn["n_fracs" if kind in ("fc", "dfc") else "n_streams"] = int(n)
-    return conn
+        option = connection_class(kind).slot_option
+        if option is None:
+            raise ValueError(f"{spec!r}: kind {kind!r} has no slot count; write just {kind!r}")
+        try:
+            conn[option] = int(n)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {n!r} is not a slot count; write e.g. {kind}:4") from None
+    return validate_spec(conn)
 
 
 def label(conn: dict[str, Any]) -> str:
-    n = conn.get("n_streams", conn.get("n_fracs"))
-    return (
-        conn["kind"].upper() + (f"×{n}" if n else "") if conn["kind"] != "residual" else "residual"
-    )
+    """``DHC×4`` for a kind with slots, the kind's name otherwise (``residual``)."""
+    option = connection_class(conn["kind"]).slot_option
+    if option is None:
+        return conn["kind"]
+    n = conn.get(option)
+    return conn["kind"].upper() + (f"×{n}" if n else "")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 Weight decay follows HC §4 / FC §4.3: none on the static connection parameters (B, A_m, A_r,
 their scales, norm weights), decay on the dynamic connection projections and on every other
-matrix (embeddings included, as in OLMo); vectors (norms, biases) are not decayed. The
-grouping is :func:`hyperfrac.connections.param_groups`.
+matrix (embeddings included, as in OLMo); vectors (norms, biases) are not decayed: the
+grouping is :func:`param_groups`, which asks each connection which of its parameters decay.
 
 Schedules (all start with a linear warmup from 0 over ``warmup_steps``):
 
@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from hyperfrac.connections import Connection
 from hyperfrac.train.config import OptimConfig
 
 
@@ -44,9 +45,36 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, wsd or constant")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    from hyperfrac.connections import param_groups
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no weight decay on static connection parameters (HC §4,
+    FC §4.3), their scales and norm weights; decay on dynamic connection projections. Other
+    parameters follow the usual rule: matrices (dim >= 2) decay, vectors and scalars do not.
+    Frozen parameters (requires_grad=False) are left out.
+    """
+    decay: dict[int, nn.Parameter] = {}
+    no_decay: dict[int, nn.Parameter] = {}
+    conn_params: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, Connection):
+            for p in module.decay_parameters():
+                decay[id(p)] = p
+            for p in module.no_decay_parameters():
+                no_decay[id(p)] = p
+            conn_params.update(id(p) for p in module.parameters())
+    for p in model.parameters():
+        if id(p) in conn_params:
+            continue
+        (decay if p.dim() >= 2 else no_decay)[id(p)] = p
+    groups = [
+        {"name": "decay", "params": [p for p in decay.values() if p.requires_grad],
+         "weight_decay": float(weight_decay)},
+        {"name": "no_decay", "params": [p for p in no_decay.values() if p.requires_grad],
+         "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
