@@ -35,8 +35,10 @@ from hyperfrac.train.parallel import is_fsdp
 # Config keys that may differ between a checkpoint and the run resuming it: how long to train,
 # where and how fast, what to log and evaluate, and how often to save. Anything else (model,
 # data, seed, optimizer, precision, batch) would make the resumed run silently differ from the
-# one that was checkpointed, so it is refused.
+# one that was checkpointed, so it is refused. The per-rank batch may change with the number of
+# processes: the loader itself refuses a different *global* batch.
 RESUME_MAY_CHANGE = (
+    "train.batch_size",
     "name",
     "out_dir",
     "train.steps",
