@@ -152,3 +152,23 @@ def test_cli_prepare_fashion_mnist_from_deb_dir(tmp_path: Path, capsys) -> None:
             "--cache", str(tmp_path / "c")]  # fmt: skip
     assert main(argv) == 0
     assert "train 20, test 10" in capsys.readouterr().out
+
+
+def test_image_folder_without_meta_loads_and_checks_labels_against_the_model(
+    tmp_path: Path,
+) -> None:
+    """A hand-made folder (IDX files + READY, no meta.json) is a dataset; its labels are still
+    checked against the model's classes at start-up."""
+    from hyperfrac.data import validate_image_dataset
+
+    out = tmp_path / "fashion_mnist"
+    out.mkdir()
+    images, labels = _images(6)
+    for split in ("train", "test"):
+        (out / FILES[(split, "images")]).write_bytes(encode_idx(images))
+        (out / FILES[(split, "labels")]).write_bytes(encode_idx(labels))
+    (out / "READY").write_text("ok\n")
+    assert len(load_images(out, "test")[1]) == 6
+    validate_image_dataset(out, num_classes=10, image_size=28)
+    with pytest.raises(ValueError, match=f"go up to {labels.max()} but model.num_classes=2"):
+        validate_image_dataset(out, num_classes=2, image_size=28)

@@ -239,13 +239,14 @@ def _image_fix(path: Path) -> str:
     return f"re-run `hyperfrac data prepare --corpus {Path(path).name} --force`"
 
 
-def load_image_meta(path: Path) -> dict:
-    """``meta.json`` of a prepared image dataset, checked for ``num_classes`` and ``splits``."""
+def load_image_meta(path: Path) -> dict | None:
+    """``meta.json`` of a prepared image dataset, checked for ``num_classes``; None when the
+    folder has none (a hand-made folder of IDX files and ``READY`` is a dataset too)."""
     file = Path(path) / "meta.json"
     try:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{file} is missing; {_image_fix(path)}") from None
+        return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{file} is not valid JSON ({e}); {_image_fix(path)}") from None
     n = meta.get("num_classes") if isinstance(meta, dict) else None
@@ -256,7 +257,8 @@ def load_image_meta(path: Path) -> dict:
 
 def load_images(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, H, W) uint8, labels (N,) uint8)`` of a prepared image dataset, checked:
-    parseable files, N >= 1 images with as many labels, every label below meta's num_classes."""
+    parseable files, N >= 1 images with as many labels, every label below meta.json's
+    num_classes (where the folder has a meta.json)."""
     path = Path(path)
     if not (path / "READY").is_file():
         raise FileNotFoundError(
@@ -265,7 +267,7 @@ def load_images(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; image datasets have train and test")
-    num_classes = load_image_meta(path)["num_classes"]
+    meta = load_image_meta(path)
     arrays = []
     for kind in ("images", "labels"):
         file = path / FILES[(split, kind)]
@@ -282,10 +284,10 @@ def load_images(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             f"{where}: {split} images {images.shape} and labels {labels.shape} are not N >= 1 "
             f"(H, W) images with one label each; {_image_fix(path)}"
         )
-    if int(labels.max()) >= num_classes:
+    if meta is not None and int(labels.max()) >= meta["num_classes"]:
         raise ValueError(
             f"{path / FILES[(split, 'labels')]} holds label {int(labels.max())} but meta.json says "
-            f"num_classes={num_classes}; {_image_fix(path)}"
+            f"num_classes={meta['num_classes']}; {_image_fix(path)}"
         )
     return images, labels
 
