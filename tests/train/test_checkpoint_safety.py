@@ -243,6 +243,20 @@ def test_payload_in_a_dcp_entry_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+def test_malformed_tagged_value_is_refused_not_decoded(tmp_path):
+    from hyperfrac.train.checkpoint.safe_io import STATE_KEY, TAG_KEY
+
+    bad = {
+        TAG_KEY: "ndarray",
+        "dtype": "O",
+        "shape": [1],
+        "data": torch.zeros(8, dtype=torch.uint8),
+    }
+    torch.save({STATE_KEY: 1, "payload": {"x": bad}}, tmp_path / "train_state.pt")
+    with pytest.raises(CheckpointError, match=r"train_state.pt is unreadable.*OBJECT"):
+        ckpt.load_state(tmp_path / "train_state.pt")
+
+
 def test_saving_state_that_needs_pickle_is_refused_up_front(tmp_path):
     from collections import deque
 
@@ -376,6 +390,15 @@ def test_nonfinite_weights_are_not_saved_as_healthy(tmp_path):
     assert read_marker(path)["healthy"] is False
     with pytest.raises(CheckpointError, match="marked unhealthy"):
         latest_checkpoint(tmp_path)
+    assert latest_checkpoint(tmp_path, healthy=False) == path
+
+
+def test_commit_records_health_for_the_sharded_format(tmp_path):
+    model, opt, _ = _trained(1)
+    tmp = begin_checkpoint(tmp_path, 1)
+    save_sharded(tmp, model, opt)
+    path = commit_checkpoint(tmp_path, 1, tmp, ["dcp"], keep=2, healthy=False)
+    assert read_marker(path)["healthy"] is False
     assert latest_checkpoint(tmp_path, healthy=False) == path
 
 

@@ -54,6 +54,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def folder_step(path: Path) -> int | None:
+    """The step a ``step_XXXXXXXX`` folder name says (None for any other name)."""
+    m = _STEP_DIR.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def step_folders(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every ``step_XXXXXXXX`` folder, complete or not, oldest first."""
     ckpt_dir = Path(ckpt_dir)

@@ -217,7 +217,10 @@ def load_state(path: Path, source: bytes | None = None) -> Any:
             if _needs_pickle(e2) or isinstance(e2, pickle.UnpicklingError):
                 raise UnsafeCheckpointError(refusal_message(path, unpickler_reason(e2))) from None
             raise CheckpointError(f"checkpoint file {path} is unreadable ({e2})") from e2
-    return decode_state(obj)
+    try:
+        return decode_state(obj)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # a malformed tagged value
+        raise CheckpointError(f"checkpoint file {path} is unreadable ({e})") from None
 
 
 def unpickler_reason(e: Exception) -> str:

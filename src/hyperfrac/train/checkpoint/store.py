@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hyperfrac.train.checkpoint.folders import begin_checkpoint, commit_checkpoint, write_files
+from hyperfrac.train.checkpoint.folders import (
+    begin_checkpoint,
+    commit_checkpoint,
+    folder_step,
+    write_files,
+)
 from hyperfrac.train.checkpoint.manifest import MARKER, read_marker, verify_checkpoint
 from hyperfrac.train.checkpoint.safe_io import CheckpointError, load_state, save_state
 from hyperfrac.train.checkpoint.sharded import is_sharded_checkpoint
@@ -81,7 +86,7 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> dict[str, Any]:
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     if verify:
-        verify_checkpoint(path)
+        verify_checkpoint(path, expected_step=folder_step(path))
     healthy = read_marker(path)["healthy"]
 
     def load(name: str) -> Any:
