@@ -136,10 +136,10 @@ def test_eval_text_file_and_its_errors(trained_run, tmp_path: Path, capsys) -> N
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
     with pytest.raises(ValueError, match="not valid UTF-8.*offset 3"):
-        main(["eval", str(run_dir), "--text", str(bad)])
+        main(["--debug", "eval", str(run_dir), "--text", str(bad)])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ValueError, match="the file is empty"):
-        main(["eval", str(run_dir), "--text", str(empty)])
+        main(["--debug", "eval", str(run_dir), "--text", str(empty)])
     with pytest.raises(FileNotFoundError, match="no such file"):
-        main(["eval", str(run_dir), "--text", str(tmp_path / "nope.txt")])
+        main(["--debug", "eval", str(run_dir), "--text", str(tmp_path / "nope.txt")])

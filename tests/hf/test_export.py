@@ -83,4 +83,4 @@ def test_generate_cli_on_a_run(tiny_run: Path, capsys) -> None:
 
 def test_export_errors_clearly_without_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        main(["export", str(tmp_path), str(tmp_path / "out")])
+        main(["--debug", "export", str(tmp_path), str(tmp_path / "out")])

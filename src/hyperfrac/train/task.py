@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -152,33 +151,26 @@ class LanguageModelTask(Task):
         prepare(d.corpus, d.vocab_size)
 
     def open_data(self) -> None:
-        from hyperfrac.data.prepare import load_meta, open_tokens
+        from hyperfrac.data.dataset import (
+            is_ready,
+            load_meta,
+            load_token_bytes,
+            open_tokens,
+            validate_text_dataset,
+        )
 
         cfg, path = self.cfg, self.data_path
-        try:
-            self.meta = load_meta(path)
-        except FileNotFoundError as e:
+        if not is_ready(path):
             raise FileNotFoundError(
                 f"no prepared dataset at {path}; run `hyperfrac data prepare --corpus "
                 f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size}` first, or point "
                 "data.path at a prepared dataset folder"
-            ) from e
-        if self.meta["vocab_size"] > cfg.model.vocab_size:
-            raise ValueError(
-                f"the tokenizer at {path} has {self.meta['vocab_size']} tokens but "
-                f"model.vocab_size={cfg.model.vocab_size}; set model.vocab_size >= "
-                f"{self.meta['vocab_size']}"
             )
+        validate_text_dataset(path, vocab_size=cfg.model.vocab_size, seq_len=cfg.data.seq_len)
+        self.meta = load_meta(path)
         self.train_tokens = open_tokens(path, "train")
         self.val_tokens = open_tokens(path, "val")
-        need = cfg.data.seq_len + 1
-        if len(self.val_tokens) < need:
-            raise ValueError(
-                f"the validation split of {path} has {len(self.val_tokens)} tokens, fewer than "
-                f"one window of data.seq_len + 1 = {need}; use a smaller data.seq_len or "
-                "prepare the dataset with more validation text"
-            )
-        self.token_bytes = np.load(path / "token_bytes.npy")
+        self.token_bytes = load_token_bytes(path, self.meta["vocab_size"])
         split = self.meta["splits"]["train"]
         self.bytes_per_token = split["bytes"] / split["tokens"]
 
@@ -263,23 +255,16 @@ class ImageClassificationTask(Task):
         prepare_images(cfg.data.kind)
 
     def open_data(self) -> None:
-        from hyperfrac.data.vision import load_images
+        from hyperfrac.data.vision import check_image_split, load_images
 
-        cfg, path = self.cfg, self.data_path
+        path, m = self.data_path, self.cfg.model
         self.train_images, self.train_labels = load_images(path, "train")
         self.val_images, self.val_labels = load_images(path, "test")
-        shape = self.train_images.shape[1:]
-        if shape != (cfg.model.image_size, cfg.model.image_size) or cfg.model.in_channels != 1:
-            raise ValueError(
-                f"the images at {path} are {shape} with 1 channel but model.image_size="
-                f"{cfg.model.image_size}, model.in_channels={cfg.model.in_channels}"
-            )
-        top = int(max(self.train_labels.max(), self.val_labels.max()))
-        if top >= cfg.model.num_classes:
-            raise ValueError(
-                f"labels at {path} go up to {top} but model.num_classes="
-                f"{cfg.model.num_classes}; set model.num_classes >= {top + 1}"
-            )
+        for split, images, labels in (("train", self.train_images, self.train_labels),
+                                      ("test", self.val_images, self.val_labels)):
+            check_image_split(images, labels, num_classes=m.num_classes,
+                              image_size=m.image_size, in_channels=m.in_channels,
+                              where=f"{path} ({split})")
 
     def make_loader(self):
         from hyperfrac.data.vision import ImageLoader
