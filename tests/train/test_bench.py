@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
+import functools
+import inspect
 import json
 from pathlib import Path
 
-from hyperfrac.train.bench import add_arguments, parse_kind, run_train_bench
+import pytest
+
+from hyperfrac.cli import main
+from hyperfrac.connections import ConnectionSpecError
+from hyperfrac.train import bench
+from hyperfrac.train.bench import parse_kind, run_train_bench
 
 
 def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args(
-        [
-            "--preset",
-            "tiny",
-            "--kinds",
-            "residual,dhc:4",
-            "--rounds",
-            "2",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--out",
-            str(tmp_path / "t.json"),
-            "--threads",
-            "1",
-        ]
+    result = run_train_bench(
+        preset="tiny", kinds="residual,dhc:4", rounds=2, steps=1, warmup=1, batch_size=2,
+        seq_len=32, out=tmp_path / "t.json", threads=1,
     )
-    result = run_train_bench(args)
     assert json.loads((tmp_path / "t.json").read_text()) == result
     res, dhc = result["rows"]
     assert res["kind"] == "residual" and res["speed_ratio"] == 1.0 and dhc["kind"] == "DHC×4"
@@ -47,7 +32,44 @@ def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
     assert "residual" in capsys.readouterr().out
 
 
+def test_cli_maps_every_flag_onto_the_keyword_arguments(monkeypatch, tmp_path: Path) -> None:
+    seen: dict = {}
+
+    @functools.wraps(run_train_bench)  # same signature: the parser takes its defaults from it
+    def fake(**kw):
+        seen.update(kw)
+        return {}
+
+    monkeypatch.setattr(bench, "run_train_bench", fake)
+    rc = main(["bench", "train", "--preset", "tiny", "--kinds", "dfc:2", "--batch-size", "3",
+               "--seq-len", "7", "--steps", "4", "--rounds", "5", "--warmup", "0",
+               "--precision", "fp32", "--compile", "--threads", "1", "--device", "cpu",
+               "--no-memory", "--out", str(tmp_path / "x.json")])
+    assert rc == 0
+    assert seen == dict(preset="tiny", kinds="dfc:2", batch_size=3, seq_len=7, steps=4, rounds=5,
+                        warmup=0, precision="fp32", compile=True, threads=1, device="cpu",
+                        memory=False, out=str(tmp_path / "x.json"))
+    assert set(seen) == set(inspect.signature(run_train_bench).parameters)
+
+
 def test_parse_kind() -> None:
     assert parse_kind("dfc:4") == {"kind": "dfc", "n_fracs": 4}
     assert parse_kind("mhc:2") == {"kind": "mhc", "n_streams": 2}
     assert parse_kind("residual") == {"kind": "residual"}
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("residual:4", "kind 'residual' has no slot count"),
+    ("dhc:x", "'x' is not a slot count"),
+    ("dhc:0", "n_streams must be an integer >= 1"),
+    ("dhx:4", "did you mean 'dhc'"),
+])
+def test_parse_kind_refuses_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises((ValueError, ConnectionSpecError), match=message):
+        parse_kind(spec)
+
+
+def test_counts_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        run_train_bench(preset="tiny", kinds="residual", batch_size=0, out=tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()

@@ -16,7 +16,6 @@ parameters and the input: the activation memory a training step holds at the los
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -168,37 +167,66 @@ def _step(model: nn.Module, x: Tensor) -> None:
         p.grad = None
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    dim, hidden = args.dim, 4 * args.dim
-    base = nn.ModuleList(mlp_branch(dim, hidden) for _ in range(args.layers))
-    n_branch_params = sum(p.numel() for p in base.parameters()) + 2 * dim
-    variants = our_variants()
-    if not args.no_peer:
-        variants.update(_peer_variants())
-    if args.variants:
-        wanted = [v.strip() for v in args.variants.split(",")]
-        unknown = [v for v in wanted if v not in variants]
-        if unknown:
-            raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(variants)}")
-        variants = {k: variants[k] for k in ["residual"] + wanted if k in variants}
-    x = torch.randn(args.batch, args.seq, dim)
-    report: dict = {
-        "config": {k: v for k, v in vars(args).items() if not callable(v)}
-        | {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-        },
-        "results": [],
-    }
-    for mode in args.modes.split(","):
+def _time(models: dict[str, nn.Module], results: dict[str, Result], x: Tensor, *, mode: str,
+          warmup: int, rounds: int) -> None:
+    """Interleaved rounds: round i times every variant once (drift hits all alike)."""
+    for i in range(warmup + rounds):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            _step(model, x)
+            if i >= warmup:
+                results[name].times_ms.append((time.perf_counter() - t0) * 1e3)
+        print(f"  [{mode}] round {i + 1}/{warmup + rounds}", end="\r", flush=True)
+    print()
+
+
+def _select(variants: dict, wanted: str) -> dict:
+    if not wanted:
+        return variants
+    names = [v.strip() for v in wanted.split(",")]
+    unknown = [v for v in names if v not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(variants)}")
+    return {k: variants[k] for k in ["residual"] + names if k in variants}
+
+
+def run(
+    *,
+    layers: int = 12,
+    dim: int = 256,
+    batch: int = 8,
+    seq: int = 256,
+    threads: int = 2,
+    warmup: int = 3,
+    rounds: int = 15,
+    modes: str = "eager,compiled",
+    variants: str = "",
+    no_peer: bool = False,
+    out: str | Path = "bench_results/connections.json",
+) -> dict:
+    """Time forward + backward of a ``layers``-deep stack of width ``dim`` on a
+    (``batch``, ``seq``, ``dim``) input per variant (``variants``: comma list, default all;
+    ``no_peer`` skips the peer package) and mode (``modes``: eager and/or compiled). Writes
+    ``out`` (JSON) and its ``.md`` table; returns the report."""
+    config = dict(layers=layers, dim=dim, batch=batch, seq=seq, threads=threads, warmup=warmup,
+                  rounds=rounds, modes=modes, variants=variants, no_peer=no_peer, out=str(out))
+    for mode in modes.split(","):
         if mode not in ("eager", "compiled"):
             raise SystemExit(f"unknown mode {mode!r}; use eager and/or compiled")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = nn.ModuleList(mlp_branch(dim, 4 * dim) for _ in range(layers))
+    n_branch_params = sum(p.numel() for p in base.parameters()) + 2 * dim
+    chosen = our_variants() | ({} if no_peer else _peer_variants())
+    chosen = _select(chosen, variants)
+    x = torch.randn(batch, seq, dim)
+    machine = {"torch": torch.__version__, "machine": platform.machine(),
+               "processor": platform.processor() or platform.machine()}
+    report: dict = {"config": config | machine, "results": []}
+    for mode in modes.split(","):
         models: dict[str, nn.Module] = {}
         results: dict[str, Result] = {}
-        for name, make in variants.items():
+        for name, make in chosen.items():
             if mode == "compiled" and (name.startswith("naive") or name.endswith(" rc")):
                 continue  # the yardstick is eager-only; recompute is an eager feature
             model = make(copy.deepcopy(base), dim)
@@ -212,17 +240,10 @@ def run(args: argparse.Namespace) -> dict:
                 r.compile_s = time.perf_counter() - t0
                 print(f"  compiled {name:<14} in {r.compile_s:.1f}s", flush=True)
             models[name], results[name] = model, r
-        for i in range(args.warmup + args.rounds):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                _step(model, x)
-                if i >= args.warmup:
-                    results[name].times_ms.append((time.perf_counter() - t0) * 1e3)
-            print(f"  [{mode}] round {i + 1}/{args.warmup + args.rounds}", end="\r", flush=True)
-        print()
+        _time(models, results, x, mode=mode, warmup=warmup, rounds=rounds)
         report["results"] += _summarise(results, mode)
     _print_table(report)
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown_table(report))
@@ -299,17 +320,3 @@ def _print_table(report: dict) -> None:
             f"{r.get('overhead_vs_peer', ''):>9}{r['saved_mib']:>10.1f}"
             f"{r['saved_ratio']:>7.2f}{r['extra_params']:>9}"
         )
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--modes", default="eager,compiled", help="comma list of eager,compiled")
-    p.add_argument("--variants", default="", help="comma list (default: all)")
-    p.add_argument("--no-peer", action="store_true", help="skip the hyper-connections package")
-    p.add_argument("--out", default="bench_results/connections.json")

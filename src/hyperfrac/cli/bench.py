@@ -1,22 +1,79 @@
-"""`hyperfrac bench connections|train`: benchmarks that print a table and write JSON."""
+"""`hyperfrac bench connections|train`: benchmarks that print a table and write JSON.
+
+The flags map one to one onto the keyword arguments of
+:func:`hyperfrac.bench.connections.run` and :func:`hyperfrac.train.bench.run_train_bench`,
+whose signatures hold the defaults (both modules are torch-only).
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+def _defaults(fn: Callable) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+
+
+def _connections_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    for name in ("layers", "dim", "batch", "seq", "threads", "warmup", "rounds"):
+        p.add_argument(f"--{name}", type=int, default=d[name])
+    p.add_argument("--modes", default=d["modes"], help="comma list of eager,compiled")
+    p.add_argument("--variants", default=d["variants"], help="comma list (default: all)")
+    p.add_argument("--no-peer", action="store_true", help="skip the hyper-connections package")
+    p.add_argument("--out", default=d["out"])
+
+
+def _run_connections(args: argparse.Namespace) -> dict:
+    from hyperfrac.bench.connections import run
+
+    return run(
+        layers=args.layers, dim=args.dim, batch=args.batch, seq=args.seq, threads=args.threads,
+        warmup=args.warmup, rounds=args.rounds, modes=args.modes, variants=args.variants,
+        no_peer=args.no_peer, out=args.out,
+    )
+
+
+def _train_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    p.add_argument("--preset", default=d["preset"], help=f"model preset (default {d['preset']})")
+    p.add_argument("--kinds", default=d["kinds"],
+                   help=f"comma-separated kind[:n] list (default {d['kinds']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--seq-len", type=int, default=d["seq_len"])
+    p.add_argument("--steps", type=int, default=d["steps"], help="timed steps per kind per round")
+    p.add_argument("--rounds", type=int, default=d["rounds"], help="interleaved rounds (median)")
+    p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed steps per kind first")
+    p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--threads", type=int, default=d["threads"], help="torch threads on CPU")
+    p.add_argument("--device", default=d["device"])
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--out", default=d["out"])
+
+
+def _run_train(args: argparse.Namespace) -> dict:
+    from hyperfrac.train.bench import run_train_bench
+
+    return run_train_bench(
+        preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
+        steps=args.steps, rounds=args.rounds, warmup=args.warmup, precision=args.precision,
+        compile=args.compile, threads=args.threads, device=args.device,
+        memory=not args.no_memory, out=args.out,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from hyperfrac.bench import connections
+    from hyperfrac.train import bench as train_bench
+
     p = subparsers.add_parser("bench", help="speed/memory benchmarks (ratios to residual)")
     sub = p.add_subparsers(dest="bench", metavar="WHAT")
     sub.required = True
-    from hyperfrac.bench import connections
-
     c = sub.add_parser("connections", help="12-layer connection stack vs residual and the peer")
-    connections.add_arguments(c)
-    c.set_defaults(func=connections.run)
-
-    from hyperfrac.train import bench as train_bench
-
+    _connections_arguments(c, _defaults(connections.run))
+    c.set_defaults(func=_run_connections)
     t = sub.add_parser("train", help="training-step tokens/s and memory per connection kind")
-    train_bench.add_arguments(t)
-    t.set_defaults(func=train_bench.run_train_bench)
+    _train_arguments(t, _defaults(train_bench.run_train_bench))
+    t.set_defaults(func=_run_train)

@@ -20,12 +20,12 @@ is read from ``/proc/stat``; the largest share of the machine they used is repor
 ``max_other_cpu_share``; segments where they used more than 10 % are marked ``*`` and left
 out of the medians (unless a kind has no clean segment).
 
-Writes JSON (``--out``) and prints a table.
+Writes JSON (``out``) and prints a table. Library entry: :func:`run_train_bench` (keyword
+arguments); ``hyperfrac bench train`` maps its flags onto them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,44 +72,37 @@ def label(conn: dict[str, Any]) -> str:
     return conn["kind"].upper() + (f"×{n}" if n else "")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu-6x256", help="model preset (default cpu-6x256)")
-    p.add_argument(
-        "--kinds",
-        default=DEFAULT_KINDS,
-        help=f"comma-separated kind[:n] list (default {DEFAULT_KINDS})",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per kind per round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per kind first")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
-    p.add_argument("--compile", action="store_true", help="torch.compile each model")
-    p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
-    p.add_argument("--out", type=Path, default=Path("bench_results/train.json"))
+@dataclass(frozen=True)
+class ArmSettings:
+    """What every arm (connection kind) of one benchmark shares."""
+
+    preset: str = "cpu-6x256"
+    batch_size: int = 16
+    seq_len: int = 256
+    precision: str = "bf16"
+    compile: bool = False
+    threads: int | None = None
 
 
 class _Arm:
     """One connection kind: model, optimizer and a compiled-or-eager step function."""
 
-    def __init__(self, conn: dict[str, Any], args: argparse.Namespace, device: torch.device):
+    def __init__(self, conn: dict[str, Any], settings: ArmSettings, device: torch.device):
         from hyperfrac.models import build_preset, count_params
         from hyperfrac.train.config import OptimConfig
         from hyperfrac.train.optim import build_optimizer
 
         torch.manual_seed(0)
-        self.conn, self.args, self.device = conn, args, device
-        self.model = build_preset(args.preset, connection=conn).to(device)
+        self.conn, self.settings, self.device = conn, settings, device
+        self.model = build_preset(settings.preset, connection=conn).to(device)
         self.params = count_params(self.model)
-        self.fwd = torch.compile(self.model) if args.compile else self.model
+        self.fwd = torch.compile(self.model) if settings.compile else self.model
         self.opt = build_optimizer(self.model, OptimConfig(lr=1e-4))
         g = torch.Generator().manual_seed(1)
         V = self.model.cfg.vocab_size
-        self.x = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
-        self.y = torch.randint(0, V, (args.batch_size, args.seq_len), generator=g).to(device)
+        shape = (settings.batch_size, settings.seq_len)
+        self.x = torch.randint(0, V, shape, generator=g).to(device)
+        self.y = torch.randint(0, V, shape, generator=g).to(device)
         self.rates: list[float] = []
         self.others: list[float | None] = []
 
@@ -116,7 +110,7 @@ class _Arm:
         return [r for r, o in zip(self.rates, self.others, strict=True) if not _dirty(o)]
 
     def step(self) -> None:
-        ctx = precision_autocast(self.device.type, self.args.precision)
+        ctx = precision_autocast(self.device.type, self.settings.precision)
         self.opt.zero_grad(set_to_none=True)
         with ctx:
             out = self.fwd(self.x, self.y)
@@ -130,7 +124,7 @@ class _Arm:
 
     def saved_bytes(self) -> int:
         """Bytes saved for backward by one forward (each storage counted once)."""
-        ctx = precision_autocast(self.device.type, self.args.precision)
+        ctx = precision_autocast(self.device.type, self.settings.precision)
 
         def forward():
             with ctx:
@@ -139,17 +133,8 @@ class _Arm:
         return saved_tensor_bytes(forward, exclude=self.model.parameters())
 
 
-def _cpu_peak_rss_mb(conn: dict[str, Any], args: argparse.Namespace) -> float:
-    spec = json.dumps(
-        {
-            "conn": conn,
-            "args": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in vars(args).items()
-                if k != "func"
-            },
-        }
-    )
+def _cpu_peak_rss_mb(conn: dict[str, Any], settings: ArmSettings) -> float:
+    spec = json.dumps({"conn": conn, "settings": asdict(settings)})
     code = "from hyperfrac.train.bench import _probe_main; _probe_main()"
     res = subprocess.run(
         [sys.executable, "-c", code, spec], capture_output=True, text=True, check=True
@@ -160,10 +145,10 @@ def _cpu_peak_rss_mb(conn: dict[str, Any], args: argparse.Namespace) -> float:
 def _probe_main() -> None:
     """Subprocess entry: build one arm, run two steps, print peak RSS in MB."""
     spec = json.loads(sys.argv[1])
-    args = argparse.Namespace(**spec["args"])
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    arm = _Arm(spec["conn"], args, torch.device("cpu"))
+    settings = ArmSettings(**spec["settings"])
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    arm = _Arm(spec["conn"], settings, torch.device("cpu"))
     for _ in range(2):
         arm.step()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
@@ -206,33 +191,22 @@ def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
     return wall, min(others / (wall * (os.cpu_count() or 1)), 1.0)
 
 
-def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark described by ``args`` (see :func:`add_arguments`); returns the JSON."""
-    from hyperfrac.train.trainer import resolve_device
+def _check_counts(**counts: tuple[Any, int]) -> None:
+    """Each ``name=(value, minimum)`` must be an integer >= minimum."""
+    for name, (value, minimum) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-    device = resolve_device(args.device)
-    if args.threads and device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    conns = [parse_kind(s) for s in args.kinds.split(",") if s]
-    arms = [_Arm(c, args, device) for c in conns]
-    tokens = args.batch_size * args.seq_len
-    print(
-        f"[bench train] {args.preset}, batch {args.batch_size}x{args.seq_len}, "
-        f"{args.precision}{' compiled' if args.compile else ''}, {device}, "
-        f"{torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps",
-        file=sys.stderr,
-    )
-    for arm in arms:
-        for _ in range(args.warmup):
-            arm.step()
-        arm.sync()
-    for r in range(args.rounds):
+
+def _time_rounds(arms: list[_Arm], *, steps: int, rounds: int, tokens: int) -> None:
+    """Interleaved rounds: each round times every arm once (drift hits all kinds alike)."""
+    for r in range(rounds):
         for arm in arms:
-            wall, others = _timed(arm, args.steps)
-            arm.rates.append(args.steps * tokens / wall)
+            wall, others = _timed(arm, steps)
+            arm.rates.append(steps * tokens / wall)
             arm.others.append(others)
         print(
-            f"[bench train] round {r + 1}/{args.rounds}: "
+            f"[bench train] round {r + 1}/{rounds}: "
             + ", ".join(
                 f"{label(a.conn)} {a.rates[-1]:.0f}" + ("*" if _dirty(a.others[-1]) else "")
                 for a in arms
@@ -248,27 +222,73 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
             "kind (all of them where none is clean: then rerun on a quiet machine)",
             file=sys.stderr,
         )
-    rows = []
+
+
+def _row(arm: _Arm, *, memory: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "kind": label(arm.conn),
+        "connection": arm.conn,
+        "params": arm.params,
+        "tok_per_s": statistics.median(arm.clean_rates() or arm.rates),
+        "tok_per_s_rounds": arm.rates,
+        "other_cpu_share_rounds": arm.others,
+        "clean_rounds": len(arm.clean_rates()),
+    }
+    if memory:
+        row["saved_mb"] = arm.saved_bytes() / 2**20
+        if arm.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(arm.device)
+            arm.step()
+            arm.sync()
+            row["peak_mb"] = torch.cuda.max_memory_allocated(arm.device) / 2**20
+        else:
+            row["peak_mb"] = _cpu_peak_rss_mb(arm.conn, arm.settings)
+    return row
+
+
+def run_train_bench(
+    *,
+    preset: str = "cpu-6x256",
+    kinds: str = DEFAULT_KINDS,
+    batch_size: int = 16,
+    seq_len: int = 256,
+    steps: int = 5,
+    rounds: int = 3,
+    warmup: int = 2,
+    precision: str = "bf16",
+    compile: bool = False,
+    threads: int | None = None,
+    device: str = "auto",
+    memory: bool = True,
+    out: str | Path = "bench_results/train.json",
+) -> dict[str, Any]:
+    """Time a training step of ``preset`` for each connection in ``kinds`` (``kind[:n]``,
+    comma-separated; the first is the baseline of the ratios); returns the JSON written to
+    ``out``. ``memory=False`` skips the saved-activation and peak-memory measurements."""
+    from hyperfrac.train.trainer import resolve_device
+
+    _check_counts(batch_size=(batch_size, 1), seq_len=(seq_len, 1), steps=(steps, 1),
+                  rounds=(rounds, 1), warmup=(warmup, 0))
+    conns = [parse_kind(s) for s in kinds.split(",") if s]
+    if not conns:
+        raise ValueError(f"kinds={kinds!r} names no connection; write e.g. {DEFAULT_KINDS}")
+    dev = resolve_device(device)
+    if threads and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    settings = ArmSettings(preset, batch_size, seq_len, precision, bool(compile), threads)
+    arms = [_Arm(c, settings, dev) for c in conns]
+    print(
+        f"[bench train] {preset}, batch {batch_size}x{seq_len}, "
+        f"{precision}{' compiled' if compile else ''}, {dev}, "
+        f"{torch.get_num_threads()} threads; {rounds} rounds x {steps} steps",
+        file=sys.stderr,
+    )
     for arm in arms:
-        row: dict[str, Any] = {
-            "kind": label(arm.conn),
-            "connection": arm.conn,
-            "params": arm.params,
-            "tok_per_s": statistics.median(arm.clean_rates() or arm.rates),
-            "tok_per_s_rounds": arm.rates,
-            "other_cpu_share_rounds": arm.others,
-            "clean_rounds": len(arm.clean_rates()),
-        }
-        if not args.no_memory:
-            row["saved_mb"] = arm.saved_bytes() / 2**20
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                arm.step()
-                arm.sync()
-                row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            else:
-                row["peak_mb"] = _cpu_peak_rss_mb(arm.conn, args)
-        rows.append(row)
+        for _ in range(warmup):
+            arm.step()
+        arm.sync()
+    _time_rounds(arms, steps=steps, rounds=rounds, tokens=batch_size * seq_len)
+    rows = [_row(arm, memory=memory) for arm in arms]
     base = rows[0]
     for row in rows:
         row["speed_ratio"] = row["tok_per_s"] / base["tok_per_s"]
@@ -277,33 +297,27 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
                 row[key.replace("_mb", "_ratio")] = row[key] / base[key]
     result = {
         "benchmark": "train",
-        "preset": args.preset,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "precision": args.precision,
-        "compile": bool(args.compile),
-        "device": str(device),
+        **{k: v for k, v in asdict(settings).items() if k != "threads"},
+        "device": str(dev),
         "threads": torch.get_num_threads(),
-        "rounds": args.rounds,
-        "steps": args.steps,
+        "rounds": rounds,
+        "steps": steps,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "peak_mb_meaning": (
             "cuda max_memory_allocated"
-            if device.type == "cuda"
+            if dev.type == "cuda"
             else "peak RSS of a fresh subprocess (includes the runtime)"
         ),
         "max_other_cpu_share": max((o or 0.0 for a in arms for o in a.others), default=0.0),
         "rows": rows,
     }
     _print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return result
-
-
-run = run_train_bench
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -327,10 +341,10 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hyperfrac.train.bench", description=__doc__)
-    add_arguments(p)
-    run_train_bench(p.parse_args(argv))
-    return 0
+    """``python -m hyperfrac.train.bench ARGS`` = ``hyperfrac bench train ARGS``."""
+    from hyperfrac.cli import main as cli_main
+
+    return cli_main(["bench", "train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
