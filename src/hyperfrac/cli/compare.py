@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train every arm of a comparison with identical data order, initial branch "
         "weights and seeds, analyse each run, and write OUT/report.html, summary.md, "
         "results.json and figures/. Re-running the same command resumes: finished arms are "
-        "not retrained. Presets: configs/compare/*.yaml (the default one takes about 15 "
-        "minutes on a 2-core CPU).",
+        "not retrained. Presets ship with hyperfrac (`hyperfrac compare --list`, "
+        "`hyperfrac config show compare/NAME`); the default one takes about 15 minutes on a "
+        "2-core CPU.",
     )
     p.add_argument("preset", nargs="?", default="default",
                    help="preset name (default, hc-table1, ...) or a compare YAML file")
@@ -81,10 +82,12 @@ def _compare(args: argparse.Namespace) -> int:
     if args.dry_run:
         from hyperfrac.compare.driver import arm_config
         from hyperfrac.train.config import dump_config
+        from hyperfrac.train.task import check_buildable
 
         s = spec.scaled(args.budget)
         print(f"# {s.name}: seeds {s.seeds}, baseline {s.baseline}, out {out}")
-        for a in s.arms:
+        for a in s.arms:  # every arm's config resolves and its model builds
+            check_buildable(arm_config(s, a, s.seeds[0], out / "runs"))
             print(f"#   {a.name}: {a.connection} {' '.join(a.overrides)}")
         print(dump_config(arm_config(s, s.arms[0], s.seeds[0], out / "runs")), end="")
         return 0

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hyperfrac.cli.data import positive_int, usage_error
+from hyperfrac.cli.args import positive_int, usage_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,11 +10,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a language model from a YAML config",
-        description="Train from CONFIG (YAML; see configs/) with dotted overrides, e.g. "
-        "`hyperfrac train configs/cpu-6x256.yaml model.connection.kind=dhc optim.lr=2e-3`. "
+        description="Train from CONFIG (a YAML file, or a shipped config name such as tiny or "
+        "cpu-6x256: `hyperfrac config list`) with dotted overrides, e.g. "
+        "`hyperfrac train cpu-6x256 model.connection.kind=dhc optim.lr=2e-3`. "
         "Values are parsed as YAML. resume=auto continues the run folder's latest checkpoint.",
     )
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file or a shipped name (hyperfrac config list)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_train)
@@ -25,6 +26,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
+        from hyperfrac.train.task import check_buildable
+
+        check_buildable(cfg)
         print(dump_config(cfg), end="")
         return 0
     from hyperfrac.train.trainer import Trainer

@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from hyperfrac.data.dataset import load_token_bytes
 from hyperfrac.data.prepare import EVAL_SPLITS, load_meta, open_tokens
 from hyperfrac.eval.lm import evaluate_lm
 from hyperfrac.eval.suites import SUITES, build_suite
@@ -115,7 +114,7 @@ def evaluate_run(
         out: dict[str, Any] = {**head, "split": "test", **res}
     else:
         meta = load_meta(path)
-        token_bytes = np.load(path / "token_bytes.npy")
+        token_bytes = load_token_bytes(path, meta["vocab_size"])
         splits = {}
         for name in dict.fromkeys([split, *EVAL_SPLITS]):
             if name not in meta["splits"]:

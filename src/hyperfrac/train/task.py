@@ -343,3 +343,14 @@ def task_class(kind: str) -> type[Task]:
 def build_task(cfg: Any, *, rank: int = 0, world_size: int = 1) -> Task:
     """The task of a run config, with its data opened."""
     return task_class(cfg.data.kind)(cfg, rank=rank, world_size=world_size)
+
+
+def check_buildable(cfg: Any) -> None:
+    """Build the config's model on the meta device (no memory, no data): what ``--dry-run``
+    runs, so that a dry run that passes never fails later on a model-shape error (heads that
+    do not divide, ``n_fracs`` not dividing ``dim``, ...)."""
+    task_class(cfg.data.kind)  # the data kind itself
+    from hyperfrac.models import build_model
+
+    with torch.device("meta"):
+        build_model(cfg.model)
