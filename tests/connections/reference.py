@@ -66,15 +66,45 @@ def sinkhorn(logits, iters):
 
 
 def mhc_layer(x, branch, *, phi, b_pre, b_post, b_res, a_pre, a_post, a_res, iters,
-              norm=True, eps=1e-6):
-    """mHC Eq. 3 and 7-9 for x (..., n, C): returns the new x."""
+              norm=True, tanh=False, eps=1e-6):
+    """mHC Eq. 3 and 7-9 for x (..., n, C): returns the new x (``tanh``: on the projection)."""
     n, c = x.shape[-2:]
     v = x.reshape(*x.shape[:-2], n * c)  # vec(x)
     if norm:
         v = rmsnorm(v, eps)
     proj = v @ phi  # (..., n^2 + 2n)
+    if tanh:
+        proj = torch.tanh(proj)
     H_pre = torch.sigmoid(a_pre * proj[..., :n] + b_pre)
     H_post = 2 * torch.sigmoid(a_post * proj[..., n : 2 * n] + b_post)
     H_res = sinkhorn(a_res * proj[..., 2 * n :].reshape(*x.shape[:-2], n, n) + b_res, iters)
     out = branch(torch.einsum("...i,...ic->...c", H_pre, x))
     return torch.einsum("...ij,...jc->...ic", H_res, x) + H_post.unsqueeze(-1) * out.unsqueeze(-2)
+
+
+def hc_args(c):
+    """A built HC module's parameters as :func:`hc_layer` keyword arguments."""
+    a = dict(A_m=c.static_alpha[:, :1], A_r=c.static_alpha[:, 1:], B=c.static_beta)
+    if c.dynamic:
+        a.update(W_m=c.dynamic_alpha[:, 0], W_r=c.dynamic_alpha[:, 1:], W_b=c.dynamic_beta,
+                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
+                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
+    return a
+
+
+def fc_args(c):
+    """A built FC module's parameters as :func:`fc_layer` keyword arguments."""
+    m = c.n_fracs
+    a = dict(Y=c.static_alpha[:, :m], A=c.static_alpha[:, m:], B=c.static_beta)
+    if c.dynamic:
+        a.update(W_y=c.dynamic_alpha[:, :m], W_a=c.dynamic_alpha[:, m:], W_b=c.dynamic_beta,
+                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
+                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
+    return a
+
+
+def mhc_args(c):
+    """A built mHC module's parameters as :func:`mhc_layer` keyword arguments."""
+    return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
+                a_post=c.alpha_post, a_res=c.alpha_res, iters=c.sinkhorn_iters,
+                norm=c.norm_mode != "none", tanh=c.tanh, eps=c.eps)

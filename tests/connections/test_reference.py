@@ -14,46 +14,21 @@ from .helpers import mlp_branches, perturb
 D = 12
 
 
-def _hc_args(c):
-    a = dict(A_m=c.static_alpha[:, :1], A_r=c.static_alpha[:, 1:], B=c.static_beta)
-    if c.dynamic:
-        a.update(W_m=c.dynamic_alpha[:, 0], W_r=c.dynamic_alpha[:, 1:], W_b=c.dynamic_beta,
-                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
-                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
-    return a
-
-
-def _fc_args(c):
-    m = c.n_fracs
-    a = dict(Y=c.static_alpha[:, :m], A=c.static_alpha[:, m:], B=c.static_beta)
-    if c.dynamic:
-        a.update(W_y=c.dynamic_alpha[:, :m], W_a=c.dynamic_alpha[:, m:], W_b=c.dynamic_beta,
-                 s_a=c.alpha_scale, s_b=c.beta_scale, norm=c.norm_mode,
-                 norm_weight=c.norm_weight, tanh=c.tanh, eps=c.eps)
-    return a
-
-
-def _mhc_args(c):
-    return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
-                a_post=c.alpha_post, a_res=c.alpha_res, iters=c.sinkhorn_iters,
-                norm=c.norm_mode != "none", eps=c.eps)
-
-
 CASES = [
-    ("hc", {"n_streams": 3}, ref.hc_layer, _hc_args),
-    ("dhc", {"n_streams": 4}, ref.hc_layer, _hc_args),
-    ("dhc", {"n_streams": 2, "tanh": False}, ref.hc_layer, _hc_args),
+    ("hc", {"n_streams": 3}, ref.hc_layer, ref.hc_args),
+    ("dhc", {"n_streams": 4}, ref.hc_layer, ref.hc_args),
+    ("dhc", {"n_streams": 2, "tanh": False}, ref.hc_layer, ref.hc_args),
     ("dhc", {"n_streams": 4, "norm_type": "rmsnorm", "norm_affine": True}, ref.hc_layer,
-     _hc_args),
-    ("dhc", {"n_streams": 2, "norm": False}, ref.hc_layer, _hc_args),
-    ("dhc", {"n_streams": 2, "rescale": False}, ref.hc_layer, _hc_args),
-    ("fc", {"n_fracs": 3}, ref.fc_layer, _fc_args),
-    ("dfc", {"n_fracs": 4}, ref.fc_layer, _fc_args),
+     ref.hc_args),
+    ("dhc", {"n_streams": 2, "norm": False}, ref.hc_layer, ref.hc_args),
+    ("dhc", {"n_streams": 2, "rescale": False}, ref.hc_layer, ref.hc_args),
+    ("fc", {"n_fracs": 3}, ref.fc_layer, ref.fc_args),
+    ("dfc", {"n_fracs": 4}, ref.fc_layer, ref.fc_args),
     ("dfc", {"n_fracs": 2, "norm_type": "layernorm", "norm_affine": False}, ref.fc_layer,
-     _fc_args),
-    ("dfc", {"n_fracs": 2, "tanh": False, "rescale": False}, ref.fc_layer, _fc_args),
-    ("mhc", {"n_streams": 4}, ref.mhc_layer, _mhc_args),
-    ("mhc", {"n_streams": 3, "sinkhorn_iters": 5, "norm": False}, ref.mhc_layer, _mhc_args),
+     ref.fc_args),
+    ("dfc", {"n_fracs": 2, "tanh": False, "rescale": False}, ref.fc_layer, ref.fc_args),
+    ("mhc", {"n_streams": 4}, ref.mhc_layer, ref.mhc_args),
+    ("mhc", {"n_streams": 3, "sinkhorn_iters": 5, "norm": False}, ref.mhc_layer, ref.mhc_args),
 ]
 
 
