@@ -9,7 +9,7 @@ import random
 import pytest
 
 from hyperfrac.eval.scoring import predictions, score_suite, wilson_interval
-from hyperfrac.eval.suites import SUITES, build_suite, paragraphs, sentences
+from hyperfrac.eval.suites import SUITES, build_suite, paragraphs, sentence_spans, sentences
 
 WORDS = (
     "the house was quiet and she is walking to a garden where he has found an old letter "
@@ -50,8 +50,11 @@ def test_item_structure() -> None:
         assert len(word) >= 3 and word.lower() in it.context.lower()
         assert len(it.context.split()) >= 59
     cloze = build_suite("cloze", TEXT)
-    paras = [sentences(p) for p in paragraphs(TEXT)]
-    nexts = {" ".join(s[:3]): s[3] for s in paras if len(s) >= 4}
+    nexts = {}
+    for p in paragraphs(TEXT):
+        ss = sentences(p)
+        for g in range(0, len(ss) - 3, 4):  # non-overlapping groups of four sentences
+            nexts[" ".join(ss[g:g + 3])] = ss[g + 3]
     labels = [it.label for it in cloze.items]
     assert set(labels) == {0, 1, 2, 3}  # the correct ending moves around
     for it in cloze.items:
@@ -125,17 +128,57 @@ def test_empty_and_unusable_text_are_clear_errors(name: str) -> None:
         build_suite("hellaswag", TEXT)
 
 
-# Items of version 1 on TEXT. A change to a recipe must bump VERSION in hyperfrac.eval.suites
+# Items of version 2 on TEXT. A change to a recipe must bump VERSION in hyperfrac.eval.suites
 # and update these (same version -> same items on every machine).
-GOLDEN_V1 = {
+GOLDEN_V2 = {
     "lastword": (39, "ae7405404031189cb35b0e08701f38c8f9d7c839a5757c390bc4966f1c5502fe"),
-    "cloze": (60, "b691bce336bb38ab096099e88db21f55e0285bcee4159c14f6a105323b8f9228"),
-    "pairs": (371, "fda7ff6e8d583deb46cfa335ce5a7a0fded491649ccb01bc53c4be7108c06450"),
+    "cloze": (92, "0dd15cdd58cd60f4b520e1d269508b25347c49311d6786d40bb6e928bc22f460"),
+    "pairs": (371, "7094c2c197c4f24145e269509e1498c2f1485f312970695c9d3d7784d6645177"),
 }
 
 
 @pytest.mark.parametrize("name", SUITES)
-def test_version_1_items_are_pinned(name: str) -> None:
+def test_version_2_items_are_pinned(name: str) -> None:
     suite = build_suite(name, TEXT)
-    assert suite.version == 1, "new version: update GOLDEN_V1"
-    assert (len(suite), suite.sha256) == GOLDEN_V1[name]
+    assert suite.version == 2, "new version: update GOLDEN_V2"
+    assert (len(suite), suite.sha256) == GOLDEN_V2[name]
+
+
+def wrapped_text(width: int = 48) -> str:
+    """TEXT hard-wrapped at ``width`` columns, like the training corpus (verse, wrapped prose)."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(p, width) for p in TEXT.split("\n\n") if p.strip()) + "\n"
+
+
+WRAPPED = wrapped_text()
+
+
+def test_paragraphs_and_sentences_keep_the_line_format() -> None:
+    paras = paragraphs(WRAPPED)
+    assert len(paras) == 60 and all("\n" in p for p in paras)
+    assert all(p in WRAPPED for p in paras)  # verbatim, line breaks and all
+    for p in paras:
+        spans = sentence_spans(p)
+        assert "".join(w + t for w, t in spans) == p and spans[0][0] == ""
+        assert any("\n" in t for _, t in spans) or any(w == "\n" for w, _ in spans)
+    assert paragraphs("a  \nb\n \n\nc\n") == ["a\nb", "c"]  # trailing spaces, blank lines
+
+
+def test_suite_items_keep_the_line_format() -> None:
+    for name in SUITES:
+        suite = build_suite(name, WRAPPED)
+        assert len(suite) > 10
+        for it in suite.items:
+            for choice in it.choices:
+                # context + continuation is text that stands in the wrapped source as it is
+                # (for cloze only the correct ending continues the context)
+                if name == "lastword" or choice == it.choices[it.label]:
+                    assert (it.context + choice) in WRAPPED, (it.context[-60:], choice)
+        assert any("\n" in it.context + "".join(it.choices) for it in suite.items), name
+    cloze = build_suite("cloze", WRAPPED)
+    for it in cloze.items:  # every ending starts with the whitespace before the correct one
+        seps = {c[: len(c) - len(c.lstrip())] for c in it.choices}
+        assert len(seps) == 1 and seps.pop() in (" ", "\n")
+    lastword = build_suite("lastword", WRAPPED)
+    assert {it.choices[0][0] for it in lastword.items} <= {" ", "\n"}

@@ -2,13 +2,18 @@
 
 For the latest complete checkpoint of a run folder (or a given one):
 
-* **metrics**: validation loss and bits-per-byte over the whole validation split; held-out
-  splits and multiple-choice suites when the dataset / eval package provide them (else absent,
-  shown as "n/a"); training tokens/s (median of the logged intervals); activation memory (bytes
-  autograd saves for backward in one training micro-batch); parameters, connection parameters
+* **metrics**: validation loss and bits-per-byte over the whole validation split, with the
+  per-window sums (``windows``: NLL, bytes, tokens of every validation window, for the report's
+  bootstrap over the evaluation set); held-out splits and multiple-choice suites (accuracy, and
+  under ``mc_detail`` items, correct, chance and Wilson interval) when the dataset / eval
+  package provide them (else absent, shown as "n/a"); training tokens/s (median of the logged
+  intervals); activation memory (bytes autograd saves for backward in one training
+  micro-batch); parameters, connection parameters
   and forward FLOPs per token (:func:`hyperfrac.connections.overhead`); loss spikes and
   non-finite steps from ``metrics.jsonl``;
-* **curves**: training and validation loss from ``metrics.jsonl``;
+* **curves**: training and validation loss from ``metrics.jsonl``, with the cumulative
+  training seconds at every point (logged tokens / tokens per second; evaluation and
+  checkpoint pauses excluded);
 * **probes** on ``windows`` validation windows (:class:`~hyperfrac.analysis.ConnectionProbe`):
   adjacent-layer cosine similarity of the layer inputs per layer, median and 5-95% band
   (HC Fig. 3, FC Fig. 2); token-averaged unfolded connection matrices, also per stream
@@ -38,7 +43,7 @@ from hyperfrac.analysis.probes import ConnectionProbe
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.precision import autocast as precision_autocast
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 # ------------------------------------------------------------------------------ model probes
@@ -49,7 +54,8 @@ def probe_model(model: nn.Module, x: Tensor, *, max_tokens: int | None = 512) ->
     """Run ``model(x)`` under a :class:`ConnectionProbe`; return the paper diagnostics.
 
     Returns ``cosine`` (median/low/high/mean per adjacent pair, L-1 values), ``unfolded``
-    (L, L+1, R, R) and ``unfolded_per_stream`` (S, L, L+1, R, R) as nested lists, and the
+    (L, L+1, R, R) and ``unfolded_per_stream`` (S, L, L+1, R, R) as nested lists, the final
+    output's row ``unfolded_final`` (L+1, R, R) and ``unfolded_final_per_stream``, and the
     Amax gain curves (L,) under ``amax``.
     """
     was_training = model.training
@@ -65,6 +71,8 @@ def probe_model(model: nn.Module, x: Tensor, *, max_tokens: int | None = 512) ->
     summary = connection_summary(probe.matrices)
     out["unfolded"] = summary["unfolded"].tolist()  # (L, L+1, R, R)
     out["unfolded_per_stream"] = summary["unfolded_per_stream"].tolist()  # (S, L, L+1, R, R)
+    out["unfolded_final"] = summary["final"].tolist()  # (L+1, R, R)
+    out["unfolded_final_per_stream"] = summary["final_per_stream"].tolist()  # (S, L+1, R, R)
     out["amax"] = {
         k: summary[k].tolist()
         for k in ("single_forward", "single_backward", "composite_forward", "composite_backward")
@@ -157,6 +165,7 @@ def curves_and_events(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "step": [r["step"] for r in train],
                 "tokens": [r.get("tokens") for r in train],
                 "loss": [r["loss_avg"] for r in train],
+                "seconds": training_seconds(train),
             },
             "val": {
                 "step": [r["step"] for r in val],
@@ -172,16 +181,74 @@ def curves_and_events(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def training_seconds(train: list[dict[str, Any]]) -> list[float] | None:
+    """Cumulative training seconds at each logged record: the tokens of each interval divided
+    by its tokens/s (the trainer times intervals without evaluation and checkpoint pauses);
+    None when a record lacks tokens or a rate."""
+    out, total, prev = [], 0.0, 0
+    for r in train:
+        tok, rate = r.get("tokens"), r.get("tok_per_s")
+        if tok is None or not rate:
+            return None
+        total += (tok - prev) / rate
+        prev = tok
+        out.append(total)
+    return out
+
+
+def curve_seconds(curves: dict[str, Any]) -> list[float] | None:
+    """Training seconds at each validation point (interpolated over the training log)."""
+    train, val = curves["train"], curves["val"]
+    secs, toks = train.get("seconds"), train.get("tokens")
+    if not secs or not toks or any(t is None for t in toks) or not val.get("tokens"):
+        return None
+    return [float(s) for s in np.interp(val["tokens"], [0, *toks], [0.0, *secs])]
+
+
+def window_sums(model: nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, *, seq_len: int,
+                batch_size: int, max_batches: int | None, device: torch.device,
+                precision: str) -> dict[str, Any]:
+    """:func:`hyperfrac.eval.lm.evaluate_lm` with the sums of every window kept: ``loss``,
+    ``bpb``, ``tokens``, ``bytes`` over the split and ``windows`` = per-window ``nll`` (nats),
+    ``bytes`` and ``tokens`` (the report resamples them for the evaluation set's error)."""
+    from hyperfrac.data.loader import IGNORE_INDEX
+    from hyperfrac.data.loader import eval_batches as batches
+
+    was_training = model.training
+    model.eval()
+    tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
+    nll_w: list[float] = []
+    bytes_w: list[int] = []
+    tok_w: list[int] = []
+    with torch.no_grad(), precision_autocast(device.type, precision):
+        for x, y in batches(tokens, seq_len, batch_size, max_batches=max_batches):
+            logits = model(x.to(device)).logits  # (b, T, V)
+            y = y.to(device)
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), y, reduction="none", ignore_index=IGNORE_INDEX
+            )  # (b, T)
+            valid = (y != IGNORE_INDEX).cpu()
+            nll_w += nll.double().sum(-1).tolist()
+            bytes_w += (tb[y.cpu().clamp_min(0)] * valid).sum(-1).tolist()
+            tok_w += valid.sum(-1).tolist()
+    model.train(was_training)
+    n_tok, n_bytes, total = sum(tok_w), sum(bytes_w), sum(nll_w)
+    return {"loss": total / max(n_tok, 1), "bpb": total / math.log(2) / max(n_bytes, 1),
+            "tokens": n_tok, "bytes": n_bytes,
+            "windows": {"nll": nll_w, "bytes": bytes_w, "tokens": tok_w}}
+
+
 def _extra_splits(meta: dict[str, Any]) -> list[str]:
     """Held-out splits a prepared dataset provides besides train and val (issue 4)."""
     return [s for s in meta.get("splits", {}) if s not in ("train", "val")]
 
 
-def _mc_accuracies(model: nn.Module, cfg: Any, data_path: Path, max_items: int | None
-                   ) -> dict[str, float]:
-    """Multiple-choice accuracies from the eval package's suites (issue 4:
+def _mc_results(model: nn.Module, cfg: Any, data_path: Path, max_items: int | None
+                ) -> dict[str, dict[str, Any]]:
+    """Multiple-choice results from the eval package's suites (issue 4:
     ``hyperfrac.eval.run.run_suites``, built from the dataset's held-out text) when that
-    package is installed; suites it cannot build are left out, so the report shows "n/a"."""
+    package is installed: accuracy, items, correct, chance, Wilson interval, item hash and
+    source per suite; suites it cannot build are left out, so the report shows "n/a"."""
     if max_items == 0:
         return {}
     try:
@@ -190,7 +257,8 @@ def _mc_accuracies(model: nn.Module, cfg: Any, data_path: Path, max_items: int |
         return {}
     res = run_suites(model, cfg, data_path, max_items=max_items,
                      batch_size=cfg.eval.batch_size)
-    return {name: float(r["accuracy"]) for name, r in res.items() if "accuracy" in r}
+    keep = ("accuracy", "items", "correct", "chance", "ci95", "version", "sha256", "source")
+    return {name: {k: r.get(k) for k in keep} for name, r in res.items() if "accuracy" in r}
 
 
 def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
@@ -253,9 +321,8 @@ def analyze_run(
     """
     from hyperfrac.data.loader import eval_batches as batches
     from hyperfrac.data.prepare import load_meta, open_tokens
-    from hyperfrac.eval.lm import evaluate_lm
     from hyperfrac.models.lm import count_params
-    from hyperfrac.train.trainer import resolve_data_path
+    from hyperfrac.runs import resolve_data_path
 
     run_dir = Path(run_dir)
     out_dir = run_dir / "analysis"
@@ -281,10 +348,11 @@ def analyze_run(
     meta = load_meta(path)
     token_bytes = np.load(path / "token_bytes.npy")
     ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
-              device=dev, precision=cfg.train.precision)
-    val = evaluate_lm(model, open_tokens(path, "val"), token_bytes, **ev)
-    heldout = {s: evaluate_lm(model, open_tokens(path, s), token_bytes, **ev)
+              device=dev, precision=cfg.train.precision)  # the whole split unless capped
+    val = window_sums(model, open_tokens(path, "val"), token_bytes, **ev)
+    heldout = {s: window_sums(model, open_tokens(path, s), token_bytes, **ev)
                for s in _extra_splits(meta)}
+    mc = _mc_results(model, cfg, path, mc_items)
     logged = curves_and_events(read_metrics(run_dir))
     x, y = next(batches(open_tokens(path, "val"), cfg.data.seq_len, windows))  # (W, T)
     x, y = x.to(dev), y.to(dev)
@@ -296,9 +364,11 @@ def analyze_run(
         "val_loss": val["loss"],
         "val_bpb": val["bpb"],
         "val_tokens": val["tokens"],
-        "heldout": {s: {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"]}
-                    for s, r in heldout.items()},
-        "mc": _mc_accuracies(model, cfg, path, mc_items),
+        "val_windows": val["windows"],
+        "heldout": {s: {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"],
+                        "windows": r["windows"]} for s, r in heldout.items()},
+        "mc": {name: r["accuracy"] for name, r in mc.items()},
+        "mc_detail": mc,
         "tok_per_s": logged["tok_per_s"],
         "saved_act_mb": saved_activation_bytes(model, tok[:, :-1], tok[:, 1:],
                                                cfg.train.precision) / 2**20,

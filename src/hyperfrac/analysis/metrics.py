@@ -2,7 +2,8 @@
 
 * adjacent-layer cosine similarity of layer inputs, median and 5-95% band (HC Fig. 3,
   FC Fig. 2);
-* unfolded connection matrices averaged over tokens (HC Fig. 7, 13);
+* unfolded connection matrices averaged over tokens (HC Fig. 7, 13), with the weights of the
+  model's final output (after the connection's ``reduce``) as one more row;
 * Amax gain of the residual mixing, single and composite, averaged over tokens (mHC Fig. 3).
 """
 
@@ -33,15 +34,51 @@ def band(values: Tensor, low: float = 0.05, high: float = 0.95) -> dict[str, lis
     return {"median": med.tolist(), "low": lo.tolist(), "high": hi.tolist()}
 
 
+def final_output_weights(matrices: list[Tensor]) -> dict[str, Tensor]:
+    """Weight of the embedding and of every layer output in the model's final output.
+
+    Follows where each output sits in the stream state after the last layer (the recursion of
+    HC Eq. 27 carried one layer further) and applies the connection's ``reduce``: HC / mHC sum
+    the streams (R = 1), FC joins the fractions (R = S, identity). Pre-Norm gives a row of
+    ones, HC×n at its Pre-Norm-equivalent init a row of n.
+
+    Args:
+        matrices: L paper-layout matrices (..., S+1, R+S), as for the unfolded matrix.
+    Returns:
+        ``matrix`` (..., L+1, R, R) (output fraction x source fraction) and ``per_stream``
+        (..., S, L+1, R, R), the part that leaves through each slot; it sums over S.
+    """
+    if not matrices:
+        raise ValueError("need at least one connection matrix")
+    mats = [m.double() for m in matrices]
+    s = mats[0].shape[-2] - 1
+    r = mats[0].shape[-1] - s
+    lead = torch.broadcast_shapes(*(m.shape[:-2] for m in mats))
+    e = torch.ones(s, 1, dtype=torch.float64) if r == 1 else torch.eye(s, dtype=torch.float64)
+    carried = [e.expand(*lead, s, r)]  # (..., S, R): where output j sits in the state
+    for m in mats:
+        q, beta = m[..., 1:, r:], m[..., 0, r:]  # Q (..., S, S), beta (..., S)
+        carried = [q.transpose(-1, -2) @ mj for mj in carried]
+        carried.append(beta.unsqueeze(-1) * e)
+    # reduce (R, S): sum of the streams (R = 1) or the fractions joined in order (R = S)
+    red = torch.ones(1, s, dtype=torch.float64) if r == 1 else torch.eye(s, dtype=torch.float64)
+    per = torch.stack([red.T.unsqueeze(-1) * mj.unsqueeze(-2) for mj in carried], -3)
+    # per: (..., S, L+1, R, R) with entry [i, j, a, b] = red[a, i] * M_j[i, b]
+    return {"matrix": per.sum(-4), "per_stream": per}
+
+
 def connection_summary(matrices: list[Tensor]) -> dict[str, Tensor]:
     """Token-averaged unfolded matrices and Amax gains from per-token matrices (N, S+1, R+S).
 
     Unfolding is done per token and then averaged (the expected weight of each earlier output
     in each layer input). Returns ``unfolded`` (L, L+1, R, R), ``unfolded_per_stream``
-    (S, L, L+1, R, R) and the four Amax gain curves (L,).
+    (S, L, L+1, R, R), the final output's row ``final`` (L+1, R, R) and ``final_per_stream``
+    (S, L+1, R, R), and the four Amax gain curves (L,).
     """
     u = unfolded_connection_matrix(matrices)
+    f = final_output_weights(matrices)
     g = amax_gain(matrices)
-    out = {"unfolded": u["matrix"].mean(0), "unfolded_per_stream": u["per_stream"].mean(0)}
+    out = {"unfolded": u["matrix"].mean(0), "unfolded_per_stream": u["per_stream"].mean(0),
+           "final": f["matrix"].mean(0), "final_per_stream": f["per_stream"].mean(0)}
     out.update({k: v.mean(0) for k, v in g.items()})
     return out

@@ -262,7 +262,8 @@ def _run_locked(spec: CompareSpec, out: Path, *, budget: float, isolate: bool, f
     _train_pending(todo, out / "configs", isolate, log)
     runs = _analyze(spec, jobs, eval_batches)
     results = write_report(spec, runs, out, budget=budget, machine=_machine(),
-                           wall_s=time.perf_counter() - t_start, figures=figures)
+                           wall_s=time.perf_counter() - t_start, figures=figures,
+                           command=sys.argv)
     log(f"report: {out / 'report.html'} | {out / 'summary.md'} | {out / 'results.json'}")
     return results
 

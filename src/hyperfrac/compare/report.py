@@ -1,25 +1,38 @@
 """Results of a comparison: statistics over seeds, ``results.json``, ``summary.md`` and a
 self-contained ``report.html`` (figures embedded as data URIs, no server, no network).
 
-Statistics: for every arm and metric the mean over seeds and its standard error
-(sample std / √n, shown only for n >= 2); differences to the baseline are **paired by seed**
-(same data order and initial weights), mean ± standard error of the per-seed differences;
-speed and memory are per-seed ratios to the baseline, averaged. A metric a run does not have
-(no held-out split, no multiple-choice suite, in-process training without a peak-RSS
-measurement) is ``null`` in JSON and "n/a" in the tables — never filled in.
+Statistics (:mod:`hyperfrac.compare.stats`): for every arm and metric the mean over seeds and
+its standard error; differences to the baseline are **paired by seed** (same data order and
+initial weights): mean, SE, a 95 % t-interval with n − 1 degrees of freedom, the two-sided
+paired p-value and, for metrics with a better side, a verdict derived from the interval
+(``better`` / ``worse`` / ``no detectable difference``; one seed: ``single seed — no
+uncertainty``). ``arms[i].verdict`` is the primary metric's (validation bpb; test accuracy for
+a ViT) and ``arms[i].holm`` its Holm-adjusted p across the arms. The evaluation set's own
+sampling error (bootstrap over validation windows, seeds fixed) sits beside the seed error
+as ``eval_se`` / ``eval_ci95``. ``arms[i].convergence`` holds the convergence speed and the
+equal-compute view (:mod:`hyperfrac.compare.convergence`); ``arms[i].mc`` the multiple-choice
+suites with item counts, chance and Wilson intervals. Speed and memory are per-seed ratios to
+the baseline, averaged. A metric a run does not have is ``null`` in JSON and "n/a" in the
+tables — never filled in.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hyperfrac.compare.convergence import arm_convergence
 from hyperfrac.compare.spec import CompareSpec
+from hyperfrac.compare.stats import direction, holm, t_interval, verdict, window_bootstrap
+from hyperfrac.compare.tables import fmt
+from hyperfrac.eval.scoring import wilson_interval
+from hyperfrac.eval.suites import MIN_ITEMS
+
+__all__ = ["aggregate", "fmt", "mean_se", "primary_metric", "timing", "write_report"]
 
 
 def mean_se(values: list[float | None]) -> dict[str, Any]:
@@ -66,147 +79,146 @@ def _run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     return flat
 
 
+def primary_metric(spec: CompareSpec) -> str:
+    """The metric an arm's verdict is about: validation bpb, or test accuracy for a ViT."""
+    return "val_acc" if spec.task == "vision" else "val_bpb"
+
+
+def _windows(run: dict[str, Any] | None, metric: str) -> dict[str, Any] | None:
+    """Per-window sums behind ``val_bpb`` / ``heldout_bpb:SPLIT`` of one run (None if absent)."""
+    if run is None:
+        return None
+    m = run["analysis"]["metrics"]
+    if metric == "val_bpb":
+        return m.get("val_windows")
+    if metric.startswith("heldout_bpb:"):
+        return m.get("heldout", {}).get(metric.split(":", 1)[1], {}).get("windows")
+    return None
+
+
+def _paired(arm_vals: list[float | None], base_vals: list[float | None]) -> list[float]:
+    return [a - b for a, b in zip(arm_vals, base_vals, strict=True)
+            if a is not None and b is not None]
+
+
+def _mc_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per suite: items, chance, mean accuracy over seeds, a Wilson interval over the items
+    (seed-mean count) and whether the suite is too small to read."""
+    out: dict[str, Any] = {}
+    details = [r["analysis"]["metrics"].get("mc_detail") or {} for r in runs]
+    for name in sorted({k for d in details for k in d}):
+        rows = [d[name] for d in details if name in d and d[name].get("items")]
+        if not rows:
+            continue
+        items = int(rows[0]["items"])
+        correct = sum(float(r["correct"]) for r in rows) / len(rows)
+        out[name] = {"items": items, "chance": rows[0].get("chance"), "seeds": len(rows),
+                     "accuracy": correct / items,
+                     "ci95": list(wilson_interval(round(correct), items)),
+                     "few_items": items < MIN_ITEMS}
+    return out
+
+
 def aggregate(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-arm statistics over seeds, paired differences and ratios to the baseline."""
+    """Per-arm statistics over seeds, paired tests, ratios, convergence, suites and verdicts."""
     by = {(r["arm"], r["seed"]): _run_metrics(r) for r in runs}
+    raw = {(r["arm"], r["seed"]): r for r in runs}
     keys = sorted({k for m in by.values() for k in m})
     base = spec.baseline
     out: dict[str, Any] = {}
     for arm in spec.arms:
         seeds = [s for s in spec.seeds if (arm.name, s) in by]
+        paired_seeds = [s for s in seeds if (base, s) in by]
         stats = {k: mean_se([by[(arm.name, s)].get(k) for s in seeds]) for k in keys}
         diffs, ratios = {}, {}
         for k in keys:
-            pairs = [(by[(arm.name, s)].get(k), by.get((base, s), {}).get(k)) for s in seeds]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            diffs[k] = mean_se([a - b for a, b in pairs])
-            ratios[k] = mean_se([a / b for a, b in pairs if b])
-        out[arm.name] = {"stats": stats, "diff": diffs, "ratio": ratios, "seeds": seeds}
+            a_vals = [by[(arm.name, s)].get(k) for s in seeds]
+            b_vals = [by.get((base, s), {}).get(k) for s in seeds]
+            diffs[k] = t_interval(_paired(a_vals, b_vals))
+            hib = direction(k)
+            if hib is not None and arm.name != base:
+                diffs[k]["verdict"] = verdict(diffs[k], higher_is_better=hib)
+            ratios[k] = mean_se([a / b for a, b in zip(a_vals, b_vals, strict=True)
+                                 if a is not None and b])
+        windowed = [k for k in keys if seeds and _windows(raw[(arm.name, seeds[0])], k)]
+        for k in windowed:
+            arm_w = [_windows(raw[(arm.name, s)], k) for s in paired_seeds]
+            base_w = [_windows(raw[(base, s)], k) for s in paired_seeds]
+            own = window_bootstrap([_windows(raw[(arm.name, s)], k) for s in seeds], None)
+            stats[k].update(eval_se=own and own["se"], eval_ci95=own and own["ci95"])
+            if arm.name != base:
+                bs = window_bootstrap(arm_w, base_w)
+                diffs[k].update(eval_se=bs and bs["se"], eval_ci95=bs and bs["ci95"],
+                                eval_resamples=bs and bs["resamples"])
+        conv = None
+        if arm.name != base and paired_seeds:
+            conv = arm_convergence([raw[(arm.name, s)]["analysis"] for s in paired_seeds],
+                                   [raw[(base, s)]["analysis"] for s in paired_seeds])
+        out[arm.name] = {"stats": stats, "diff": diffs, "ratio": ratios, "seeds": seeds,
+                         "verdict": diffs[primary_metric(spec)].get("verdict"),
+                         "convergence": conv,
+                         "mc": _mc_summary([raw[(arm.name, s)] for s in seeds])}
+    _holm(spec, out)
+    _mc_at_chance(out)
     return out
 
 
-# -------------------------------------------------------------------------------- format
+def _holm(spec: CompareSpec, agg: dict[str, Any]) -> None:
+    """``holm`` of every non-baseline arm: the primary metric's p adjusted across those arms."""
+    names = [a.name for a in spec.arms if a.name != spec.baseline]
+    key = primary_metric(spec)
+    adj = holm([agg[n]["diff"][key]["p"] for n in names])
+    for n, p in zip(names, adj, strict=True):
+        agg[n]["holm"] = {"metric": key, "family": len(names), "p_adj": p,
+                          "significant": None if p is None else p < 0.05}
+    agg[spec.baseline]["holm"] = None
 
 
-def fmt(stat: dict[str, Any] | None, digits: int = 4, signed: bool = False) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    s = f.format(stat["mean"]).replace("-", "−")
-    if stat.get("se") is not None:
-        s += " ± " + f"{stat['se']:.{digits}f}"
-    return s
+def _mc_at_chance(agg: dict[str, Any]) -> None:
+    """Mark each suite whose Wilson interval contains chance for every arm."""
+    suites = {s for a in agg.values() for s in a["mc"]}
+    for s in suites:
+        rows = [a["mc"][s] for a in agg.values() if s in a["mc"]]
+        flag = all(r["chance"] is not None and r["ci95"][0] <= r["chance"] <= r["ci95"][1]
+                   for r in rows)
+        for r in rows:
+            r["at_chance_every_arm"] = flag
 
 
-def _int(stat: dict[str, Any] | None, signed: bool = False) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    return (f"{stat['mean']:+,.0f}" if signed else f"{stat['mean']:,.0f}").replace("-", "−")
+TIMING_SPREAD = 1.25
+"""Baseline tokens/s varying more than this factor across seeds marks the timings unreliable."""
 
 
-def table_rows(spec: CompareSpec, agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the main results table."""
-    base = spec.baseline
-    extra = sorted({k for a in agg.values() for k, v in a["stats"].items()
-                    if (k.startswith("heldout_bpb:") or k.startswith("mc:")) and v["n"]})
-    heldout = [k for k in extra if k.startswith("heldout_bpb:")]
-    mc = [k for k in extra if k.startswith("mc:")]
-    vision = any(a["stats"].get("val_acc", {}).get("n") for a in agg.values())
-    head = (["arm", "test acc", f"Δ test acc vs {base}"] if vision
-            else ["arm", "val bpb", f"Δ val bpb vs {base}"])
-    main = "val_acc" if vision else "val_bpb"
-    if heldout:
-        for k in heldout:
-            head += [f"{k.split(':', 1)[1]} bpb", "Δ"]
-    else:
-        head += ["held-out bpb", "Δ"]
-    head += [f"{k.split(':', 1)[1]} acc" for k in mc] or ["MC acc"]
-    head += ["tok/s ×", "act. mem ×", "peak RSS ×", "extra params", "extra FLOPs/token",
-             "spikes"]
-    rows = []
-    for arm in spec.arms:
-        a = agg[arm.name]
-        st, d, r = a["stats"], a["diff"], a["ratio"]
-        is_base = arm.name == base
-        row = [f"{arm.display} ({len(a['seeds'])} seed{'s' if len(a['seeds']) != 1 else ''})",
-               fmt(st[main]), "—" if is_base else fmt(d[main], signed=True)]
-        if heldout:
-            for k in heldout:
-                row += [fmt(st[k]), "—" if is_base else fmt(d.get(k), signed=True)]
-        else:
-            row += ["n/a", "n/a"]
-        row += [fmt(st[k], 3) for k in mc] or ["n/a"]
-        row += [fmt(r["tok_per_s"], 2), fmt(r["saved_act_mb"], 2), fmt(r.get("peak_rss_mb"), 2)]
-        base_f = agg[base]["stats"]["model_flops_per_token"]["mean"]
-        dp = d["params"]
-        row.append("—" if is_base else _int(dp, signed=True))
-        ef = st["conn_flops_per_token"]["mean"]
-        if is_base or ef is None:
-            row.append("—" if is_base else "n/a")
-        else:
-            pct = f" ({100 * ef / base_f:.2f}%)" if base_f else ""
-            row.append(f"{ef:+,.0f}{pct}".replace("-", "−"))
-        row.append(_int(st["loss_spikes"]))
-        rows.append(row)
-    return head, rows
+def timing(spec: CompareSpec, agg: dict[str, Any]) -> dict[str, Any]:
+    """How far the baseline's own tokens/s varies across seeds (max / min): a large spread
+    means other load on the machine, and every time-based number (tok/s ×, speed-up in
+    training time, equal compute) carries it."""
+    rates = [v for v in agg[spec.baseline]["stats"]["tok_per_s"]["values"] if v]
+    spread = max(rates) / min(rates) if len(rates) >= 2 else None
+    return {"base_tok_per_s": rates, "spread": spread,
+            "noisy": spread is not None and spread > TIMING_SPREAD}
 
 
-def paper_rows(spec: CompareSpec, agg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table per paper reference: the paper's numbers beside ours (same arms)."""
-    tables = []
-    for ref in spec.paper:
-        pb = None if ref.deltas else ref.values.get(spec.baseline)
-        rows = []
-        for arm in spec.arms:
-            if arm.name not in ref.values and arm.name != spec.baseline:
-                continue
-            pv = ref.values.get(arm.name)
-            is_base = arm.name == spec.baseline
-            if ref.deltas:
-                p_abs, p_delta = "n/a", "—" if is_base or pv is None else f"{pv:+g}"
-            else:
-                p_abs = "n/a" if pv is None else f"{pv:g}"
-                p_delta = ("—" if is_base or pv is None or pb is None
-                           else f"{pv - pb:+.3f}")
-            a = agg[arm.name]
-            rows.append([
-                arm.display, p_abs, p_delta.replace("-", "−"),
-                fmt(a["stats"].get(ref.ours)),
-                "—" if is_base else fmt(a["diff"].get(ref.ours), signed=True),
-            ])
-        tables.append({"source": ref.source, "metric": ref.metric, "notes": ref.notes,
-                       "head": ["arm", f"paper: {ref.metric}", "paper Δ vs baseline",
-                                f"ours: {ref.ours}", "ours: Δ vs baseline"],
-                       "rows": rows})
-    return tables
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-_NOTES = [
-    "bpb = bits per byte (exact, from the byte length of every predicted token); lower is "
-    "better. Δ = arm − baseline, paired by seed (same data order and initial weights), mean ± "
-    "standard error over seeds (± only with two or more seeds).",
-    "tok/s × = training tokens per second relative to the baseline (median of the logged "
-    "intervals, same machine, arms run one after another); act. mem × = bytes autograd saves "
-    "for backward in one training micro-batch; peak RSS × = peak resident memory of the "
-    "training process (needs the default isolated training; n/a otherwise).",
-    "extra params / FLOPs = connection parameters and forward FLOPs per token beyond the "
-    "residual add (hyperfrac.connections.overhead); the percentage is of the baseline model's "
-    "forward FLOPs per token.",
-    "n/a = not measured in this run (e.g. no held-out split or multiple-choice suite is "
-    "installed); never an estimate.",
-]
+def _settings(spec: CompareSpec, budget: float) -> dict[str, Any]:
+    """The run settings the report prints (from the resolved base config of every arm)."""
+    b = spec.base
+    return {"seeds": list(spec.seeds), "budget": budget, "baseline": spec.baseline,
+            "model": b.get("model", {}), "data": b.get("data", {}), "optim": b.get("optim", {}),
+            "train": b.get("train", {}), "eval": b.get("eval", {}),
+            "analysis": dict(spec.analysis)}
 
 
 def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, budget: float,
-                 machine: dict[str, Any], wall_s: float, figures: bool = True
-                 ) -> dict[str, Any]:
-    """Write results.json, figures/, summary.md and report.html into ``out``."""
+                 machine: dict[str, Any], wall_s: float, figures: bool = True,
+                 command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write results.json, figures/, summary.md and report.html into ``out``.
+
+    ``command`` is the command line to print in the report (e.g. ``sys.argv``); the hyperfrac
+    version and the git commit of its source are found here.
+    """
+    from hyperfrac.compare import page, tables
+    from hyperfrac.compare.provenance import provenance
+
     out = Path(out)
     agg = aggregate(spec, runs)
     fig_paths: list[Path] = []
@@ -219,15 +231,17 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
         labels = {a.name: a.display for a in spec.arms}
         fig_paths = all_figures(per_arm, out / "figures", reference=spec.baseline,
                                 labels=labels)
-    head, rows = table_rows(spec, agg)
-    papers = paper_rows(spec, agg)
     first = runs[0]["analysis"]
     results = {
         "name": spec.name,
         "description": spec.description,
         "budget": budget,
         "baseline": spec.baseline,
+        "primary_metric": primary_metric(spec),
         "machine": machine,
+        **provenance(command),
+        "settings": _settings(spec, budget),
+        "timing": timing(spec, agg),
         "wall_s": wall_s,
         "train_wall_s": sum(r["train_wall_s"] or 0.0 for r in runs),
         "model": first["model"],
@@ -238,104 +252,15 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
         "runs": [{"arm": r["arm"], "seed": r["seed"], "train_wall_s": r["train_wall_s"],
                   "peak_rss_mb": r["peak_rss_mb"], **r["analysis"]} for r in runs],
         "paper": [dataclasses.asdict(p) for p in spec.paper],
-        "table": {"head": head, "rows": rows},
         "figures": [str(p.relative_to(out)) for p in fig_paths],
         "spec": spec.to_dict(),
     }
+    built = tables.build_all(spec, results)
+    results["table"] = built["main"]
+    results["claims"] = built["claims"]
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(out / "results.json")
-    (out / "summary.md").write_text(_summary_md(spec, results, head, rows, papers, fig_paths,
-                                                out))
-    (out / "report.html").write_text(_html(spec, results, head, rows, papers, fig_paths))
+    (out / "summary.md").write_text(page.markdown(spec, results, built, fig_paths, out))
+    (out / "report.html").write_text(page.html_page(spec, results, built, fig_paths))
     return results
-
-
-def _setting(results: dict[str, Any]) -> str:
-    m = results["model"]
-    mach = results["machine"]
-    unit = "images" if m.get("task") == "vision" else "tokens"
-    seq = f", seq {m['seq_len']}" if m.get("seq_len") else ""
-    return (f"{m['n_layers']} layers × d={m['dim']}{' MoE' if m['moe'] else ''}{seq}, "
-            f"{results['steps']} steps, {results['tokens_per_run']:,} {unit} per "
-            f"run; machine: {mach['cpu_count']} CPUs, torch {mach['torch']}; training time "
-            f"{results['train_wall_s'] / 60:.1f} min summed over the runs (including "
-            f"interrupted sessions' last segment only), this invocation "
-            f"{results['wall_s'] / 60:.1f} min")
-
-
-def _summary_md(spec, results, head, rows, papers, fig_paths, out) -> str:
-    parts = [f"# Comparison `{spec.name}`", ""]
-    if spec.description:
-        parts += [spec.description.strip(), ""]
-    parts += [_setting(results) + ".", "", _md_table(head, rows), ""]
-    parts += [f"* {n}" for n in _NOTES] + [""]
-    for t in papers:
-        parts += [f"## Paper: {t['source']}", "", _md_table(t["head"], t["rows"]), ""]
-        if t["notes"]:
-            parts += [t["notes"].strip(), ""]
-    if fig_paths:
-        parts += ["## Figures", ""]
-        parts += [f"![{p.stem}]({p.relative_to(out)})" for p in fig_paths] + [""]
-    return "\n".join(parts)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}
-th{background:#f3f3f3}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-.notes{font-size:13px;color:#444}
-"""
-
-_SCRIPT = """
-window.__errors = [];
-window.addEventListener('error', function (e) { window.__errors.push(String(e.message)); });
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.every(function (i) { return i.complete && i.naturalWidth > 0; });
-  document.body.setAttribute('data-images', String(imgs.length));
-  document.body.setAttribute('data-images-ok', String(ok));
-  document.body.setAttribute('data-errors', String(window.__errors.length));
-});
-"""
-
-
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _html(spec, results, head, rows, papers, fig_paths) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>hyperfrac compare: {esc(spec.name)}</title>",
-        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-        f"<h1>Comparison <code>{esc(spec.name)}</code></h1>",
-    ]
-    if spec.description:
-        parts.append(f"<p>{esc(spec.description.strip())}</p>")
-    parts.append(f"<p>{esc(_setting(results))}.</p>")
-    parts.append(_html_table(head, rows))
-    parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in _NOTES)
-                 + "</ul>")
-    for t in papers:
-        parts.append(f"<h2>Paper: {esc(t['source'])}</h2>")
-        parts.append(_html_table(t["head"], t["rows"]))
-        if t["notes"]:
-            parts.append(f"<p class='notes'>{esc(t['notes'].strip())}</p>")
-    if fig_paths:
-        parts.append("<h2>Figures</h2>")
-        for p in fig_paths:
-            data = base64.b64encode(Path(p).read_bytes()).decode()
-            parts.append(f"<h3>{esc(p.stem)}</h3><img alt='{esc(p.stem)}' "
-                         f"src='data:image/png;base64,{data}'>")
-    parts.append("<p class='notes'>Every number is in results.json next to this file.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)

@@ -6,20 +6,27 @@ suite has a ``VERSION``; the items are a pure function of (text, suite, version)
 gives the same items on every machine (``random.Random`` seeded with a string), and every suite
 reports the SHA-256 of its items so two reports can be checked to use the same items.
 
-* ``lastword`` (LAMBADA-style, v1): paragraphs of >= 60 words whose last word (>= 3 letters)
-  also occurs earlier in the paragraph; context = the paragraph up to that word, target =
-  `` word``. Correct iff greedy decoding reproduces every token of the target. Chance: the
-  model's greedy accuracy has no fixed chance level; reported as 0.
-* ``cloze`` (HellaSwag-style, 4-way, v1): paragraphs of >= 4 sentences; context = 3 sentences,
-  correct ending = the next sentence; 3 distractors = sentences of other paragraphs with a byte
-  length within [0.67, 1.5] x the correct one; the correct ending's position is drawn per item.
-  Scored by log-likelihood per byte of each ending. Chance 25 %.
-* ``pairs`` (BLiMP-style minimal pairs, v1): held-out sentences of 6-40 words, each corrupted by
+* ``lastword`` (LAMBADA-style, v2): paragraphs of >= 60 words whose last word (>= 3 letters)
+  also occurs earlier in the paragraph; context = the paragraph up to that word, target = the
+  whitespace before the word (a space or a line break) + the word. Correct iff greedy decoding
+  reproduces every token of the target. Chance: the model's greedy accuracy has no fixed
+  chance level; reported as 0.
+* ``cloze`` (HellaSwag-style, 4-way, v2): every group of 4 consecutive sentences of a
+  paragraph (groups do not overlap); context = the group's first 3 sentences as they stand in
+  the text, correct ending = the fourth; 3 distractors =
+  sentences of other paragraphs with a byte length within [0.67, 1.5] x the correct one; every
+  ending starts with the whitespace that precedes the correct one; the correct ending's
+  position is drawn per item. Scored by log-likelihood per byte of each ending. Chance 25 %.
+* ``pairs`` (BLiMP-style minimal pairs, v2): held-out sentences of 6-40 words, each corrupted by
   one edit — agreement swaps (is/are, was/were, has/have, does/do), article swaps (a/an),
   reflexive swaps (himself/herself -> themselves) or swapping two adjacent words. Correct iff
   log P(good) > log P(bad) (whole sentences, after an end-of-text token). Chance 50 %.
 
-Texts are split into paragraphs at blank lines; line breaks inside a paragraph become spaces.
+Texts are split into paragraphs at blank lines. **Line breaks inside a paragraph are kept**
+(v2): the models train on hard-wrapped text (verse, wrapped prose), so a context with its
+line breaks turned into spaces would be out of distribution. Only trailing spaces of lines and
+whitespace around a paragraph are dropped. Reports mark a suite with fewer than
+:data:`MIN_ITEMS` items as too small to read.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ import re
 from dataclasses import asdict, dataclass
 
 SUITES = ("lastword", "cloze", "pairs")
-VERSION = {"lastword": 1, "cloze": 1, "pairs": 1}
+VERSION = {"lastword": 2, "cloze": 2, "pairs": 2}
 CHANCE = {"lastword": 0.0, "cloze": 0.25, "pairs": 0.5}
 MAX_ITEMS = {"lastword": 500, "cloze": 500, "pairs": 1000}
+MIN_ITEMS = 100
+"""Fewer items than this give a Wilson interval about ±0.1 wide or wider: shown as too small."""
 
 
 @dataclass(frozen=True)
@@ -67,19 +76,38 @@ class Suite:
         return len(self.items)
 
 
-_BLANK = re.compile(r"\n\s*\n")
-_WS = re.compile(r"\s+")
-_SENT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
+_BLANK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_TRAILING = re.compile(r"[ \t\r\f\v]+\n")
+_SENT = re.compile(r"[.!?][\"')\]]*(\s+)(?=[\"'(\[]?[A-Z])")
 _WORD = re.compile(r"[A-Za-z]+")
+_SPLIT_WS = re.compile(r"(\s+)")
 
 
 def paragraphs(text: str) -> list[str]:
-    """Paragraphs (split at blank lines, whitespace collapsed), empty ones dropped."""
-    return [p for p in (_WS.sub(" ", b).strip() for b in _BLANK.split(text)) if p]
+    """Paragraphs split at blank lines, their line breaks kept (trailing spaces of lines and
+    whitespace around the paragraph dropped); empty ones dropped."""
+    out = []
+    for block in _BLANK.split(text):
+        p = _TRAILING.sub("\n", block).strip()
+        if p:
+            out.append(p)
+    return out
+
+
+def sentence_spans(paragraph: str) -> list[tuple[str, str]]:
+    """``(whitespace before, sentence)`` pairs in order; the first sentence has ``""`` before
+    it. Joining them gives the paragraph back exactly."""
+    out, start, sep = [], 0, ""
+    for m in _SENT.finditer(paragraph):
+        out.append((sep, paragraph[start:m.start(1)]))
+        sep, start = m.group(1), m.end(1)
+    out.append((sep, paragraph[start:]))
+    return [(w, t) for w, t in out if t]
 
 
 def sentences(paragraph: str) -> list[str]:
-    return [s.strip() for s in _SENT.split(paragraph) if s.strip()]
+    """The sentences of a paragraph as they stand in it (line breaks inside kept)."""
+    return [t for _, t in sentence_spans(paragraph)]
 
 
 def _rng(name: str, version: int) -> random.Random:
@@ -106,17 +134,15 @@ def build_lastword(text: str, *, max_items: int | None = None) -> Suite:
     paras = paragraphs(text)
     items = []
     for p in paras:
-        words = p.split(" ")
-        if len(words) < 60:
+        if len(p.split()) < 60:
             continue
-        m = re.search(r"([A-Za-z]+)[^A-Za-z]*$", p)
-        if m is None or len(m.group(1)) < 3:
+        m = re.search(r"(\s+)([A-Za-z]+)[^A-Za-z]*$", p)
+        if m is None or len(m.group(2)) < 3:
             continue
-        target = m.group(1)
-        context = p[: m.start(1)].rstrip()
+        target, context = m.group(2), p[: m.start(1)]
         earlier = {w.lower() for w in _WORD.findall(context)}
-        if target.lower() in earlier and context and p[m.start(1) - 1] == " ":
-            items.append(Item(context, (" " + target,), 0))
+        if target.lower() in earlier and context:
+            items.append(Item(context, (m.group(1) + target,), 0))
     _need(items, name, ">= 60-word paragraphs whose last word occurs earlier", len(paras))
     items = _subsample(items, max_items or MAX_ITEMS[name], _rng(name, VERSION[name]))
     return Suite(name, VERSION[name], tuple(items))
@@ -126,29 +152,39 @@ def build_cloze(text: str, *, max_items: int | None = None) -> Suite:
     name = "cloze"
     rng = _rng(name, VERSION[name])
     paras = paragraphs(text)
-    split = [sentences(p) for p in paras]
+    spans = [sentence_spans(p) for p in paras]
+    split = [[t for _, t in sp] for sp in spans]
     pool = [(i, s) for i, ss in enumerate(split) for s in ss if len(s.split()) >= 4]
     pool.sort(key=lambda t: len(t[1].encode()))
     lengths = [len(s.encode()) for _, s in pool]
     items = []
     for i, ss in enumerate(split):
-        if len(ss) < 4 or len(ss[3].split()) < 4:
-            continue
-        correct = ss[3]
-        n = len(correct.encode())
-        lo = next((k for k, v in enumerate(lengths) if v >= 0.67 * n), len(lengths))
-        hi = next((k for k, v in enumerate(lengths) if v > 1.5 * n), len(lengths))
-        cands = [s for j, s in pool[lo:hi] if j != i and s != correct]
-        cands = list(dict.fromkeys(cands))
-        if len(cands) < 3:
-            continue
-        endings = rng.sample(cands, 3)
-        label = rng.randrange(4)
-        endings.insert(label, correct)
-        items.append(Item(" ".join(ss[:3]), tuple(" " + e for e in endings), label))
+        for g in range(0, len(ss) - 3, 4):  # consecutive groups of 4 sentences, no overlap
+            item = _cloze_item(spans[i][g:g + 4], i, pool, lengths, rng)
+            if item is not None:
+                items.append(item)
     _need(items, name, "paragraphs of >= 4 sentences", len(paras))
     items = _subsample(items, max_items or MAX_ITEMS[name], rng)
     return Suite(name, VERSION[name], tuple(items))
+
+
+def _cloze_item(group: list[tuple[str, str]], para: int, pool: list[tuple[int, str]],
+                lengths: list[int], rng: random.Random) -> Item | None:
+    """One item from 4 consecutive (whitespace, sentence) pairs of paragraph ``para``."""
+    correct = group[3][1]
+    if len(correct.split()) < 4:
+        return None
+    n = len(correct.encode())
+    lo = next((k for k, v in enumerate(lengths) if v >= 0.67 * n), len(lengths))
+    hi = next((k for k, v in enumerate(lengths) if v > 1.5 * n), len(lengths))
+    cands = list(dict.fromkeys(s for j, s in pool[lo:hi] if j != para and s != correct))
+    if len(cands) < 3:
+        return None
+    endings = rng.sample(cands, 3)
+    label = rng.randrange(4)
+    endings.insert(label, correct)
+    context = group[0][1] + "".join(w + t for w, t in group[1:3])
+    return Item(context, tuple(group[3][0] + e for e in endings), label)
 
 
 _SWAPS = {
@@ -166,8 +202,10 @@ _SWAPS = {
 _VOWEL = re.compile(r"^[aeiouAEIOU]")
 
 
-def _corrupt(words: list[str], rng: random.Random) -> str | None:
-    """One ungrammatical edit of ``words`` (a list of space-separated tokens), or None."""
+def _corrupt(parts: list[str], rng: random.Random) -> str | None:
+    """One ungrammatical edit of a sentence given as ``re.split(r"(\\s+)", sentence)`` (words
+    at even, whitespace at odd positions, kept as it was), or None."""
+    words, seps = parts[0::2], parts[1::2]
     options = []
     for k, w in enumerate(words):
         if w in _SWAPS:
@@ -180,7 +218,7 @@ def _corrupt(words: list[str], rng: random.Random) -> str | None:
         kind, k = options[rng.randrange(len(options))]
         new = list(words)
         new[k] = _SWAPS[words[k]] if kind == "swap" else ("an" if words[k] == "a" else "a")
-        return " ".join(new)
+        return _join(new, seps)
     plain = [k for k in range(len(words) - 1) if words[k].isalpha() and words[k + 1].isalpha()]
     plain = [k for k in plain if words[k].lower() != words[k + 1].lower()]
     if not plain:
@@ -188,7 +226,11 @@ def _corrupt(words: list[str], rng: random.Random) -> str | None:
     k = plain[rng.randrange(len(plain))]
     new = list(words)
     new[k], new[k + 1] = new[k + 1], new[k]
-    return " ".join(new)
+    return _join(new, seps)
+
+
+def _join(words: list[str], seps: list[str]) -> str:
+    return "".join(w + s for w, s in zip(words, [*seps, ""], strict=True))
 
 
 def build_pairs(text: str, *, max_items: int | None = None) -> Suite:
@@ -199,11 +241,11 @@ def build_pairs(text: str, *, max_items: int | None = None) -> Suite:
     seen = set()
     for p in paras:
         for s in sentences(p):
-            words = s.split(" ")
-            if not 6 <= len(words) <= 40 or s in seen:
+            parts = _SPLIT_WS.split(s)
+            if not 6 <= len(parts[0::2]) <= 40 or s in seen:
                 continue
             seen.add(s)
-            bad = _corrupt(words, rng)
+            bad = _corrupt(parts, rng)
             if bad is None or bad == s:
                 continue
             label = rng.randrange(2)
