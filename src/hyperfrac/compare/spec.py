@@ -41,6 +41,15 @@ class Arm:
     label: str | None = None
     """Display name in tables and figures (default: ``name``)."""
 
+    def __post_init__(self) -> None:
+        # the one connection-spec check, when the arm is parsed (not after the first arm ran)
+        from hyperfrac.connections import ConnectionSpecError, validate_spec
+
+        try:
+            self.connection = validate_spec(self.connection)
+        except ConnectionSpecError as e:
+            raise ConnectionSpecError(f"arm {self.name!r}: {e}") from None
+
     @property
     def display(self) -> str:
         return self.label or self.name
@@ -98,13 +107,6 @@ class CompareSpec:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate arm names {dup}; give each arm its own NAME=")
-        from hyperfrac.connections import ConnectionSpecError, validate_spec
-
-        for a in self.arms:  # the one spec check, at parse time (not after the first arm ran)
-            try:
-                a.connection = validate_spec(a.connection)
-            except ConnectionSpecError as e:
-                raise ConnectionSpecError(f"arm {a.name!r}: {e}") from None
         if not self.seeds:
             raise ValueError("need at least one seed")
         if len(set(self.seeds)) != len(self.seeds):

@@ -22,21 +22,6 @@ from typing import Any
 
 import hyperfrac
 
-# bundled file name -> source file, relative to the hyperfrac package
-BUNDLE: dict[str, str] = {
-    "configuration_hyperfrac.py": "hf/configuration_hyperfrac.py",
-    "modeling_hyperfrac.py": "hf/modeling_hyperfrac.py",
-    "functional.py": "connections/functional.py",
-    "base.py": "connections/base.py",
-    "residual.py": "connections/residual.py",
-    "hyper.py": "connections/hyper.py",
-    "frac.py": "connections/frac.py",
-    "mhc.py": "connections/mhc.py",
-    "registry.py": "connections/registry.py",
-    "layers.py": "models/layers.py",
-    "moe.py": "models/moe.py",
-    "lm.py": "models/lm.py",
-}
 AUTO_MAP = {
     "AutoConfig": "configuration_hyperfrac.HyperfracConfig",
     "AutoModelForCausalLM": "modeling_hyperfrac.HyperfracForCausalLM",
@@ -46,6 +31,38 @@ AUTO_ENTRY_FILES = ("configuration_hyperfrac.py", "modeling_hyperfrac.py")
 # `from <package> import ...` of a package's public names: which bundled module defines them
 _PACKAGE_HOME = {"hyperfrac.connections": "registry", "hyperfrac.models": "lm"}
 _FROM = re.compile(r"^(?P<indent>\s*)from (?P<mod>hyperfrac(?:\.\w+)*) import (?P<names>.+)$")
+# multi-line imports: the first line is enough to know the module
+_FROM_ANY = re.compile(r"^\s*from (?P<mod>hyperfrac(?:\.\w+)*) import (?P<names>[^\n]+)$",
+                       re.MULTILINE)
+
+
+def _bundle_files() -> dict[str, str]:
+    """Bundled file name -> source file (relative to the package): the closure of the
+    ``hyperfrac`` imports of the two entry files, so a new module of the model's code is
+    bundled without a list to keep in step. File names must be unique across packages."""
+    root = Path(hyperfrac.__file__).parent
+    todo = [f"hf/{name}" for name in AUTO_ENTRY_FILES]
+    found: dict[str, str] = {}
+    while todo:
+        rel = todo.pop()
+        name = Path(rel).name
+        if name in found:
+            if found[name] != rel:
+                raise RuntimeError(f"remote-code bundle: {rel} and {found[name]} share a name")
+            continue
+        found[name] = rel
+        for m in _FROM_ANY.finditer((root / rel).read_text()):
+            parts = m["mod"].split(".")[1:]  # hyperfrac.connections.base -> connections/base
+            if m["mod"] in _PACKAGE_HOME:
+                sub = re.fullmatch(r"\(?(\w+) as \w+\)?", m["names"].strip())
+                stem = sub[1] if sub and (root / parts[0] / f"{sub[1]}.py").is_file() \
+                    else _PACKAGE_HOME[m["mod"]]
+                parts = [parts[0], stem]
+            todo.append("/".join(parts) + ".py")
+    return found
+
+
+BUNDLE: dict[str, str] = _bundle_files()
 
 
 def _rewrite_line(line: str) -> str:
@@ -53,8 +70,9 @@ def _rewrite_line(line: str) -> str:
     if not m:
         return line
     indent, mod, names = m["indent"], m["mod"], m["names"]
-    if mod == "hyperfrac.connections" and names.strip() == "functional as HF":
-        return f"{indent}from . import functional as HF"
+    module = re.fullmatch(r"(\w+) as \w+", names.strip())
+    if mod in _PACKAGE_HOME and module and f"{module[1]}.py" in BUNDLE:  # a module of the package
+        return f"{indent}from . import {names.strip()}"
     if mod in _PACKAGE_HOME:
         return f"{indent}from .{_PACKAGE_HOME[mod]} import {names}"
     stem = mod.rsplit(".", 1)[-1] + ".py"
