@@ -9,6 +9,7 @@ from torch import nn
 
 from hyperfrac.analysis import ConnectionProbe
 from hyperfrac.analysis.analyze import gradient_norms, probe_model, sublayer_groups
+from hyperfrac.analysis.metrics import final_output_weights
 from hyperfrac.connections import build, unfolded_connection_matrix
 
 
@@ -94,7 +95,7 @@ def _reconstruct(kind, **opts):
         b.register_forward_hook(lambda m, a, o: outs.append(o.reshape(-1, 8).double()))
     x = torch.randn(2, 5, 8)
     with ConnectionProbe(model, max_tokens=None) as probe:
-        model(x)
+        y = model(x)
     c = unfolded_connection_matrix(probe.matrices)["matrix"]  # (N, L, L+1, R, R)
     R = c.shape[-1]
     sources = torch.stack([x.reshape(-1, 8).double()] + outs, 1)  # (N, L+1, D)
@@ -102,8 +103,15 @@ def _reconstruct(kind, **opts):
     for k, got in enumerate(probe.layer_inputs):
         want = torch.einsum("njab,njbd->nad", c[:, k], sources).reshape(-1, 8)
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    # the final row rebuilds the model's output after the connection's reduce
+    f = final_output_weights(probe.matrices)
+    want = torch.einsum("njab,njbd->nad", f["matrix"], sources).reshape(-1, 8)
+    torch.testing.assert_close(y.reshape(-1, 8).double(), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(f["per_stream"].sum(-4), f["matrix"])
     # and the token-averaged matrix of the report is the mean of these
     res = probe_model(model, x, max_tokens=None)
+    torch.testing.assert_close(torch.tensor(res["unfolded_final"], dtype=torch.float64),
+                               f["matrix"].mean(0))
     torch.testing.assert_close(torch.tensor(res["unfolded"], dtype=torch.float64), c.mean(0))
     per = torch.tensor(res["unfolded_per_stream"], dtype=torch.float64)
     torch.testing.assert_close(per.sum(0), c.mean(0))
@@ -139,3 +147,49 @@ def test_gradient_norms_per_sublayer_match_direct():
     assert math.isclose(g["sublayer"][3], direct, rel_tol=1e-5)
     groups = dict(sublayer_groups(model))
     assert {id(p) for p in groups["1.ffn"]} == {id(p) for p in params}
+
+
+def test_final_output_row_at_the_pre_norm_equivalent_init():
+    # Pre-Norm: the output is the sum of the embedding and every branch output (ones);
+    # HC×n at init: n identical streams summed, so n; FC at init: identity fraction blocks
+    for kind, opts, want in (("residual", {}, torch.ones(4, 1, 1)),
+                             ("dhc", {"n_streams": 3}, torch.full((4, 1, 1), 3.0)),
+                             ("dfc", {"n_fracs": 2}, torch.eye(2).expand(4, 2, 2))):
+        model = Stack([Const([0.0] * 4) for _ in range(3)], kind, 4, **opts)
+        res = probe_model(model, torch.randn(1, 6, 4), max_tokens=None)
+        torch.testing.assert_close(torch.tensor(res["unfolded_final"]), want,
+                                   check_dtype=False)
+
+
+def test_window_sums_match_evaluate_lm(tiny_dataset):
+    import numpy as np
+
+    from hyperfrac.analysis.analyze import window_sums
+    from hyperfrac.data.prepare import open_tokens
+    from hyperfrac.eval.lm import evaluate_lm
+    from hyperfrac.models import LMConfig, TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(LMConfig(vocab_size=512, dim=16, n_layers=1, n_heads=2))
+    tokens = open_tokens(tiny_dataset, "val")
+    tb = np.load(tiny_dataset / "token_bytes.npy")
+    kw = dict(seq_len=16, batch_size=4, max_batches=3, precision="fp32")
+    ref = evaluate_lm(model, tokens, tb, device="cpu", **kw)
+    got = window_sums(model, tokens, tb, device=torch.device("cpu"), **kw)
+    assert got["tokens"] == ref["tokens"] and got["bytes"] == ref["bytes"]
+    assert math.isclose(got["loss"], ref["loss"], rel_tol=1e-6)
+    assert math.isclose(got["bpb"], ref["bpb"], rel_tol=1e-6)
+    w = got["windows"]
+    assert len(w["nll"]) == 12 and sum(w["tokens"]) == ref["tokens"]
+    assert math.isclose(sum(w["nll"]) / sum(w["tokens"]), ref["loss"], rel_tol=1e-6)
+
+
+def test_training_seconds_from_the_log():
+    from hyperfrac.analysis.analyze import curve_seconds, training_seconds
+
+    train = [{"tokens": 100, "tok_per_s": 50.0}, {"tokens": 300, "tok_per_s": 100.0}]
+    assert training_seconds(train) == [2.0, 4.0]
+    assert training_seconds([{"tokens": 100}]) is None
+    curves = {"train": {"tokens": [100, 300], "seconds": [2.0, 4.0]},
+              "val": {"tokens": [50, 200, 300]}}
+    assert curve_seconds(curves) == [1.0, 3.0, 4.0]
