@@ -320,7 +320,7 @@ def analyze_run(
     limits the items per multiple-choice suite (None = the suite's default, 0 = skip).
     """
     from hyperfrac.data.loader import eval_batches as batches
-    from hyperfrac.data.prepare import load_meta, open_tokens
+    from hyperfrac.data.prepare import open_tokens
     from hyperfrac.models.lm import count_params
     from hyperfrac.runs import resolve_data_path
 
@@ -345,14 +345,6 @@ def analyze_run(
         result.update({"key": key, "checkpoint": str(ckpt_path), "step": int(state["step"]),
                        "tokens": int(state["tokens"])})
         return _finish(result, cached, out_dir, write, figures)
-    meta = load_meta(path)
-    token_bytes = np.load(path / "token_bytes.npy")
-    ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
-              device=dev, precision=cfg.train.precision)  # the whole split unless capped
-    val = window_sums(model, open_tokens(path, "val"), token_bytes, **ev)
-    heldout = {s: window_sums(model, open_tokens(path, s), token_bytes, **ev)
-               for s in _extra_splits(meta)}
-    mc = _mc_results(model, cfg, path, mc_items)
     logged = curves_and_events(read_metrics(run_dir))
     x, y = next(batches(open_tokens(path, "val"), cfg.data.seq_len, windows))  # (W, T)
     x, y = x.to(dev), y.to(dev)
@@ -361,14 +353,7 @@ def analyze_run(
     tok = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.data.seq_len + 1),
                         generator=g).to(dev)  # (B, T + 1)
     metrics = {
-        "val_loss": val["loss"],
-        "val_bpb": val["bpb"],
-        "val_tokens": val["tokens"],
-        "val_windows": val["windows"],
-        "heldout": {s: {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"],
-                        "windows": r["windows"]} for s, r in heldout.items()},
-        "mc": {name: r["accuracy"] for name, r in mc.items()},
-        "mc_detail": mc,
+        **evaluation_metrics(model, cfg, path, dev, eval_batches, mc_items),
         "tok_per_s": logged["tok_per_s"],
         "saved_act_mb": saved_activation_bytes(model, tok[:, :-1], tok[:, 1:],
                                                cfg.train.precision) / 2**20,
@@ -396,6 +381,31 @@ def analyze_run(
     }
     result["probe"]["windows"] = int(x.shape[0])
     return _finish(result, cached, out_dir, write, figures)
+
+
+def evaluation_metrics(model: nn.Module, cfg: Any, path: Path, dev: torch.device,
+                       eval_batches: int | None, mc_items: int | None) -> dict[str, Any]:
+    """Validation (whole split unless ``eval_batches`` caps it) and held-out splits with their
+    per-window sums, and the multiple-choice suites."""
+    from hyperfrac.data.prepare import load_meta, open_tokens
+
+    token_bytes = np.load(path / "token_bytes.npy")
+    ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
+              device=dev, precision=cfg.train.precision)
+    val = window_sums(model, open_tokens(path, "val"), token_bytes, **ev)
+    heldout = {s: window_sums(model, open_tokens(path, s), token_bytes, **ev)
+               for s in _extra_splits(load_meta(path))}
+    mc = _mc_results(model, cfg, path, mc_items)
+    return {
+        "val_loss": val["loss"],
+        "val_bpb": val["bpb"],
+        "val_tokens": val["tokens"],
+        "val_windows": val["windows"],
+        "heldout": {s: {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"],
+                        "windows": r["windows"]} for s, r in heldout.items()},
+        "mc": {name: r["accuracy"] for name, r in mc.items()},
+        "mc_detail": mc,
+    }
 
 
 def _finish(result: dict[str, Any], cached: Path, out_dir: Path, write: bool, figures: bool
