@@ -7,16 +7,13 @@ import math
 import pytest
 import torch
 
-from hyperfrac.connections import KINDS
+from hyperfrac.connections import KINDS, connection_class
 from hyperfrac.models import LMConfig, TransformerLM, build_preset, count_params, preset_config
 
 
 def _opts(kind: str) -> dict:
-    return {
-        "kind": kind,
-        **({"n_streams": 2} if kind in ("hc", "dhc", "mhc") else {}),
-        **({"n_fracs": 2} if kind in ("fc", "dfc") else {}),
-    }
+    slots = connection_class(kind).slot_option
+    return {"kind": kind, **({slots: 2} if slots else {})}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -5,20 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperfrac.connections import KINDS
+from hyperfrac.connections import KINDS, connection_class
 from hyperfrac.models import build_preset
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_vit_every_connection_kind_learns(kind: str) -> None:
     torch.manual_seed(0)
-    n = {
-        "hc": "n_streams",
-        "dhc": "n_streams",
-        "mhc": "n_streams",
-        "fc": "n_fracs",
-        "dfc": "n_fracs",
-    }.get(kind)
+    n = connection_class(kind).slot_option
     conn = {"kind": kind, **({n: 2} if n else {})}
     vit = build_preset("vit-tiny", connection=conn, pool="cls" if kind == "hc" else "mean")
     # toy task: the class is the image's brightness level

@@ -51,8 +51,9 @@ def test_resume_after_raise_starts_from_the_last_good_checkpoint(tmp_path, tiny_
                  "train.on_nonfinite=raise")
     trainer = Trainer(make_cfg(tmp_path, tiny_dataset, *overrides))
 
-    def hook(module, args, out):  # NaN loss from step 5 on
-        return out._replace(loss=out.loss * math.nan) if module.training and trainer.step + 1 >= 5 else out
+    def hook(module, args, out):  # NaN training loss from step 5 on
+        bad = module.training and trainer.step + 1 >= 5
+        return out._replace(loss=out.loss * math.nan) if bad else out
 
     trainer.model.register_forward_hook(hook)
     with pytest.raises(NonFiniteError, match="step 5"):
@@ -67,8 +68,9 @@ def test_due_checkpoint_is_postponed_past_a_skipped_step(tmp_path, tiny_dataset)
     trainer = Trainer(make_cfg(tmp_path, tiny_dataset, "train.steps=6", "checkpoint.interval=2",
                                "checkpoint.keep=5", "train.on_nonfinite=skip"))
 
-    def hook(module, args, out):  # step 4 (a checkpoint step) has a NaN loss
-        return out._replace(loss=out.loss * math.nan) if module.training and trainer.step + 1 == 4 else out
+    def hook(module, args, out):  # step 4 (a checkpoint step) has a NaN training loss
+        bad = module.training and trainer.step + 1 == 4
+        return out._replace(loss=out.loss * math.nan) if bad else out
 
     trainer.model.register_forward_hook(hook)
     trainer.fit()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from hyperfrac.analysis.metrics import adjacent_cosine, band, connection_summary
 from hyperfrac.analysis.probes import ConnectionProbe
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.precision import autocast as precision_autocast
+from hyperfrac.train.task import ImageClassificationTask, LanguageModelTask, task_class
 
 ANALYSIS_VERSION = 2
 
@@ -96,21 +98,23 @@ def sublayer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
     return groups
 
 
-def training_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """The trainer's objective: LM cross-entropy + MoE aux losses, or a classifier's (ViT)
-    cross-entropy on ``logits = model(images)``."""
-    out = model(x, y) if y.dim() == x.dim() else model(x)
-    if isinstance(out, Tensor):  # classifier logits (B, classes)
-        return torch.nn.functional.cross_entropy(out.float(), y)
-    return out.loss + out.aux_loss
+Objective = Callable[[nn.Module, Tensor, Tensor], Any]
+"""A task's training objective (:meth:`hyperfrac.train.task.Task.objective`)."""
 
 
-def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, objective: Objective) -> Tensor:
+    """The trainer's loss on ``(x, y)``: the task loss plus its auxiliary losses (MoE)."""
+    obj = objective(model, x, y)
+    return obj.loss + obj.aux_loss
+
+
+def gradient_norms(model: nn.Module, x: Tensor, y: Tensor,
+                   objective: Objective = LanguageModelTask.objective) -> dict[str, Any]:
     """L2 norm of the gradient of the training loss on ``(x, y)`` per sublayer (fp32)."""
     was_training = model.training
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = training_loss(model, x, y)
+    loss = training_loss(model, x, y, objective)
     loss.backward()
     names, norms = [], []
     for name, params in sublayer_groups(model):
@@ -124,7 +128,8 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
     return {"names": names, "sublayer": norms, "total": total, "loss": float(loss.detach())}
 
 
-def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str) -> int:
+def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: str,
+                           objective: Objective = LanguageModelTask.objective) -> int:
     """Bytes autograd saves for backward in one training forward (each storage once, parameters
     excluded): the activation memory of a training step."""
     ctx = precision_autocast(x.device.type, precision)
@@ -132,7 +137,7 @@ def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor, precision: st
 
     def forward():
         with ctx:
-            return training_loss(model, x, y)
+            return training_loss(model, x, y, objective)
 
     return saved_tensor_bytes(forward, exclude=model.parameters())
 
@@ -294,13 +299,6 @@ def connection_cost(model: nn.Module) -> dict[str, int]:
     return {"conn_params": int(params), "conn_flops_per_token": int(flops)}
 
 
-def load_run_model(run_dir: Path, checkpoint: Path | None = None):
-    """(model, cfg, checkpoint path, train_state) from a run folder's checkpoint."""
-    from hyperfrac.train.checkpoint import load_run
-
-    return load_run(run_dir, checkpoint)
-
-
 def analyze_run(
     run_dir: str | Path,
     *,
@@ -319,14 +317,12 @@ def analyze_run(
     ``eval_batches`` limits validation/held-out batches (None = whole split); ``mc_items``
     limits the items per multiple-choice suite (None = the suite's default, 0 = skip).
     """
-    from hyperfrac.data.loader import eval_batches as batches
-    from hyperfrac.data.prepare import open_tokens
-    from hyperfrac.models.lm import count_params
-    from hyperfrac.runs import resolve_data_path
+    from hyperfrac.runs import load_run, resolve_data_path
 
     run_dir = Path(run_dir)
     out_dir = run_dir / "analysis"
-    model, cfg, ckpt_path, state = load_run_model(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint, device="cpu")
+    model, cfg, ckpt_path, state = run.model, run.cfg, run.checkpoint, run.train_state
     key = {"checkpoint": ckpt_path.name, "windows": windows, "max_tokens": max_tokens,
            "eval_batches": eval_batches, "mc_items": mc_items, "version": ANALYSIS_VERSION}
     cached = out_dir / "analysis.json"
@@ -339,12 +335,22 @@ def analyze_run(
     dev = torch.device(device)
     model.to(dev)
     path = Path(data_path) if data_path else resolve_data_path(cfg)
-    if getattr(cfg.data, "kind", "text") != "text":
-        result = _analyze_images(model, cfg, path, run_dir, dev, windows, max_tokens,
-                                 eval_batches)
-        result.update({"key": key, "checkpoint": str(ckpt_path), "step": int(state["step"]),
-                       "tokens": int(state["tokens"])})
-        return _finish(result, cached, out_dir, write, figures)
+    analyze = _ANALYZERS[task_class(cfg.data.kind)]
+    result = analyze(model, cfg, path, run_dir, dev, windows, max_tokens, eval_batches, mc_items)
+    result.update({"key": key, "checkpoint": str(ckpt_path), "step": int(state["step"]),
+                   "tokens": int(state["tokens"])})
+    return _finish(result, cached, out_dir, write, figures)
+
+
+def _analyze_text(model: nn.Module, cfg: Any, path: Path, run_dir: Path, dev: torch.device,
+                  windows: int, max_tokens: int | None, eval_batches: int | None,
+                  mc_items: int | None) -> dict[str, Any]:
+    """A language model: bits per byte on validation and held-out text, suites, probes on
+    ``windows`` validation windows."""
+    from hyperfrac.data.loader import eval_batches as batches
+    from hyperfrac.data.prepare import open_tokens
+    from hyperfrac.models.lm import count_params
+
     logged = curves_and_events(read_metrics(run_dir))
     x, y = next(batches(open_tokens(path, "val"), cfg.data.seq_len, windows))  # (W, T)
     x, y = x.to(dev), y.to(dev)
@@ -366,11 +372,7 @@ def analyze_run(
         "nonfinite": logged["nonfinite"],
     }
     result = {
-        "key": key,
         "run": str(run_dir),
-        "checkpoint": str(ckpt_path),
-        "step": int(state["step"]),
-        "tokens": int(state["tokens"]),
         "connection": dict(cfg.model.connection),
         "model": {"dim": cfg.model.dim, "n_layers": cfg.model.n_layers,
                   "moe": cfg.model.moe is not None, "seq_len": cfg.data.seq_len},
@@ -380,21 +382,23 @@ def analyze_run(
         "grad_norms": gradient_norms(model, x, y),
     }
     result["probe"]["windows"] = int(x.shape[0])
-    return _finish(result, cached, out_dir, write, figures)
+    return result
 
 
 def evaluation_metrics(model: nn.Module, cfg: Any, path: Path, dev: torch.device,
                        eval_batches: int | None, mc_items: int | None) -> dict[str, Any]:
     """Validation (whole split unless ``eval_batches`` caps it) and held-out splits with their
     per-window sums, and the multiple-choice suites."""
+    from hyperfrac.data.dataset import load_token_bytes
     from hyperfrac.data.prepare import load_meta, open_tokens
 
-    token_bytes = np.load(path / "token_bytes.npy")
+    meta = load_meta(path)
+    token_bytes = load_token_bytes(path, meta["vocab_size"])
     ev = dict(seq_len=cfg.data.seq_len, batch_size=cfg.eval.batch_size, max_batches=eval_batches,
               device=dev, precision=cfg.train.precision)
     val = window_sums(model, open_tokens(path, "val"), token_bytes, **ev)
     heldout = {s: window_sums(model, open_tokens(path, s), token_bytes, **ev)
-               for s in _extra_splits(load_meta(path))}
+               for s in _extra_splits(meta)}
     mc = _mc_results(model, cfg, path, mc_items)
     return {
         "val_loss": val["loss"],
@@ -421,8 +425,8 @@ def _finish(result: dict[str, Any], cached: Path, out_dir: Path, write: bool, fi
 
 
 def _analyze_images(model: nn.Module, cfg: Any, path: Path, run_dir: Path, dev: torch.device,
-                    windows: int, max_tokens: int | None, eval_batches: int | None
-                    ) -> dict[str, Any]:
+                    windows: int, max_tokens: int | None, eval_batches: int | None,
+                    mc_items: int | None = None) -> dict[str, Any]:
     """The same analyses for an image classifier (ViT, issue 4): test-set accuracy instead of
     bits per byte; probes on ``8 * windows`` test images (tokens = patches)."""
     from hyperfrac.data.vision import load_images, to_tensor
@@ -443,7 +447,8 @@ def _analyze_images(model: nn.Module, cfg: Any, path: Path, run_dir: Path, dev: 
         "val_loss": ev["loss"], "val_bpb": None, "val_acc": ev["accuracy"],
         "val_tokens": ev["n"], "heldout": {}, "mc": {},
         "tok_per_s": logged["tok_per_s"],
-        "saved_act_mb": saved_activation_bytes(model, bx, by, cfg.train.precision) / 2**20,
+        "saved_act_mb": saved_activation_bytes(model, bx, by, cfg.train.precision,
+                                               ImageClassificationTask.objective) / 2**20,
         "saved_act_batch": [int(bx.shape[0])],
         "params": count_params(model),
         "params_non_embedding": count_params(model),
@@ -462,8 +467,12 @@ def _analyze_images(model: nn.Module, cfg: Any, path: Path, run_dir: Path, dev: 
         "metrics": metrics,
         "curves": logged["curves"],
         "probe": probe,
-        "grad_norms": gradient_norms(model, x, y),
+        "grad_norms": gradient_norms(model, x, y, ImageClassificationTask.objective),
     }
+
+
+# the analyses of each task (the objective and evaluation differ; the probes are shared)
+_ANALYZERS = {LanguageModelTask: _analyze_text, ImageClassificationTask: _analyze_images}
 
 
 def _run_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hyperfrac.connections import KINDS, connection_class, validate_spec
 from hyperfrac.models.lm import LMConfig, build_connection
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -75,10 +76,12 @@ def lm_config_from_hf(c: Any, connection: dict[str, Any]) -> LMConfig:
     kind = getattr(c, "model_type", None)
     if kind not in SUPPORTED:
         raise ValueError(f"model_type {kind!r} cannot be converted; supported: {SUPPORTED}")
-    if connection.get("kind") == "postnorm":
+    spec = validate_spec(connection)
+    if not connection_class(spec["kind"]).uses_prenorm:
+        prenorm = [k for k in KINDS if connection_class(k).uses_prenorm]
         raise ValueError(
-            "connection kind 'postnorm' is not Pre-Norm; the converted model would compute a "
-            "different function. Choose residual, hc, dhc, fc, dfc or mhc"
+            f"connection kind {spec['kind']!r} is not Pre-Norm; the converted model would "
+            f"compute a different function. Choose one of {', '.join(prenorm)}"
         )
     if connection.get("kind") == "mhc" and connection.get("n_streams", 4) < 2:
         raise ValueError(

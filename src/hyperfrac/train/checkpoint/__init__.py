@@ -32,11 +32,7 @@ The guarantees, each in its own module:
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch  # noqa: F401  (tests patch torch.save through this module)
-from torch import nn
 
 from hyperfrac.train.checkpoint.convert import convert_legacy_checkpoint
 from hyperfrac.train.checkpoint.folders import (
@@ -87,7 +83,6 @@ __all__ = [
     "is_sharded_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
-    "load_run",
     "load_safetensors",
     "load_sharded",
     "load_state",
@@ -103,30 +98,3 @@ __all__ = [
     "write_files",
 ]
 
-
-def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module, Any, Path, dict]:
-    """``(model with the checkpoint's weights on CPU, RunConfig, checkpoint path, train_state)``
-    of a run folder written by ``hyperfrac train`` or ``hyperfrac compare`` (latest complete
-    checkpoint unless ``checkpoint`` is given)."""
-    import yaml
-
-    from hyperfrac.models import build_model
-    from hyperfrac.train.config import RunConfig, from_dict
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    path = checkpoint or latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint under {run_dir / 'checkpoints'}; is {run_dir} a run folder "
-            "written by `hyperfrac train` or `hyperfrac compare`?"
-        )
-    ckpt = load_checkpoint(path)
-    cfg = from_dict(RunConfig, yaml.safe_load(ckpt["config_yaml"]))
-    model = build_model(cfg.model)
-    if ckpt["format"] == "sharded":
-        load_sharded(path, model)
-    else:
-        model.load_state_dict(ckpt["model"])
-    return model, cfg, Path(path), ckpt["train_state"]
