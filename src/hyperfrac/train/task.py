@@ -115,6 +115,13 @@ class Task:
         """Validation metrics of ``model`` (collective under several ranks)."""
         raise NotImplementedError
 
+    def eval_options(self, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments every evaluator takes: batching, precision, this rank's share."""
+        cfg = self.cfg
+        return {"batch_size": cfg.eval.batch_size, "max_batches": cfg.eval.max_batches,
+                "device": device, "precision": cfg.train.precision, "rank": self.rank,
+                "world_size": self.world_size}
+
     def summary_fields(self, last_val: dict[str, Any] | None) -> dict[str, Any]:
         """The validation fields of ``summary.json``."""
         v = last_val or {}
@@ -206,19 +213,8 @@ class LanguageModelTask(Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         from hyperfrac.eval.lm import evaluate_lm
 
-        cfg = self.cfg
-        res = evaluate_lm(
-            model,
-            self.val_tokens,
-            self.token_bytes,
-            seq_len=cfg.data.seq_len,
-            batch_size=cfg.eval.batch_size,
-            max_batches=cfg.eval.max_batches,
-            device=device,
-            precision=cfg.train.precision,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        res = evaluate_lm(model, self.val_tokens, self.token_bytes, seq_len=self.cfg.data.seq_len,
+                          **self.eval_options(device))
         if self.world_size > 1:
             nll, n_tok, n_bytes = sum_over_ranks(
                 device, res["loss"] * res["tokens"], res["tokens"], res["bytes"]
@@ -300,18 +296,8 @@ class ImageClassificationTask(Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         from hyperfrac.eval.vision import evaluate_classifier
 
-        cfg = self.cfg
-        res = evaluate_classifier(
-            model,
-            self.val_images,
-            self.val_labels,
-            batch_size=cfg.eval.batch_size,
-            max_batches=cfg.eval.max_batches,
-            device=device,
-            precision=cfg.train.precision,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        res = evaluate_classifier(model, self.val_images, self.val_labels,
+                                  **self.eval_options(device))
         if self.world_size > 1:
             nll, correct, n = sum_over_ranks(device, res["loss"] * res["n"], res["correct"],
                                              res["n"])
