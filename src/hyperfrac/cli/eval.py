@@ -56,9 +56,14 @@ def _eval(args: argparse.Namespace) -> int:
     from hyperfrac.eval.suites import SUITES
 
     if args.lm_eval:
-        from hyperfrac.hf.lm_eval import lm_eval_command
+        from hyperfrac.hf.lm_eval import evaluate_run_lm_eval
 
-        return lm_eval_command(args)
+        tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+        res = evaluate_run_lm_eval(args.run_dir, tasks, checkpoint=args.checkpoint,
+                                   include_path=args.lm_eval_include, limit=args.lm_eval_limit,
+                                   batch_size=args.batch_size or 1)
+        print(json.dumps(res, indent=2, default=str))
+        return 0
     if args.text is not None:
         res = evaluate_text(
             args.run_dir,

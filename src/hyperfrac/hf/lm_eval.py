@@ -26,7 +26,6 @@ with ``--batch-size 1``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -90,21 +89,22 @@ def run_lm_eval(
     return out["results"]
 
 
-def lm_eval_command(args: argparse.Namespace) -> int:
-    """The ``--lm-eval`` branch of ``hyperfrac eval``."""
-    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+def evaluate_run_lm_eval(
+    run_dir: Path,
+    tasks: list[str],
+    *,
+    checkpoint: Path | None = None,
+    include_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+) -> dict[str, Any]:
+    """lm-eval ``tasks`` on a run folder (or an HF folder); writes ``RUN/lm_eval.json`` for a
+    run folder. What ``hyperfrac eval RUN --lm-eval TASKS`` runs."""
     if not tasks:
-        raise SystemExit("--lm-eval needs at least one task name")
-    model, tok = load_for_eval(args.run_dir, args.checkpoint)
-    res = run_lm_eval(
-        model,
-        tok,
-        tasks,
-        include_path=args.lm_eval_include,
-        limit=args.lm_eval_limit,
-        batch_size=args.batch_size or 1,
-    )
-    print(json.dumps(res, indent=2, default=str))
-    if (args.run_dir / "checkpoints").is_dir():
-        (args.run_dir / "lm_eval.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    return 0
+        raise ValueError("--lm-eval needs at least one task name")
+    model, tok = load_for_eval(run_dir, checkpoint)
+    res = run_lm_eval(model, tok, tasks, include_path=include_path, limit=limit,
+                      batch_size=batch_size)
+    if (Path(run_dir) / "checkpoints").is_dir():
+        (Path(run_dir) / "lm_eval.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return res
