@@ -39,6 +39,8 @@ def test_errors_are_one_line_with_exit_2(argv, phrase, capsys):
 def test_debug_flag_and_env_show_the_traceback(monkeypatch):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "train", "no-such-config"])
+    with pytest.raises(FileNotFoundError):  # after the subcommand too
+        main(["train", "no-such-config", "--debug"])
     monkeypatch.setenv("HYPERFRAC_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(["train", "no-such-config"])

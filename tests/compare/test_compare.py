@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -146,26 +145,7 @@ def test_isolated_training_measures_peak_rss(tiny_dataset, tmp_path):
     assert dhc["ratio"]["peak_rss_mb"]["mean"] > 0
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if p := shutil.which(name):
-            return p
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs chromium (apt-get install chromium)")
-def test_report_opens_in_headless_chromium(compared):
-    out, _ = compared
-    res = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access",
-         "--virtual-time-budget=5000", "--dump-dom", (out / "report.html").resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    dom = res.stdout
-    assert 'data-images-ok="true"' in dom and 'data-errors="0"' in dom, dom[:500]
-    n = len(list((out / "figures").glob("*.png")))
-    assert f'data-images="{n}"' in dom
+# The report in headless Chromium: tests/compare/test_report.py.
 
 
 def test_analyze_cli_on_a_compare_run(compared, capsys):

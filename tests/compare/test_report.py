@@ -175,15 +175,20 @@ def _chromium() -> str | None:
     return None
 
 
+def _dump_dom(page: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The page's DOM after headless Chromium ran its scripts and loaded its images."""
+    return subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
 @pytest.mark.skipif(_chromium() is None, reason="needs chromium (apt-get install chromium)")
 def test_report_opens_in_headless_chromium_without_errors(report, tmp_path) -> None:
     out, res = report
-    res_ = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         (out / "report.html").resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
+    res_ = _dump_dom(out / "report.html", tmp_path)
     assert res_.returncode == 0, res_.stderr[-2000:]
     dom = res_.stdout
     n = len(res["figures"])
@@ -202,11 +207,6 @@ def test_a_broken_page_is_caught(report, tmp_path) -> None:
         "</body>", "<img src='missing.png'><script>console.error('boom')</script></body>")
     bad = tmp_path / "bad.html"
     bad.write_text(page)
-    dom = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         bad.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
+    dom = _dump_dom(bad, tmp_path).stdout
     # the console error and the failed image load are both counted
     assert 'data-images-ok="false"' in dom and 'data-errors="2"' in dom

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("HYPERFRAC_DEBUG", "") not in ("", "0")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # --debug may stand anywhere on the line (before or after the subcommand)
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         result = args.func(args)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import json
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a language model from a YAML config",
+        help="train a model (language model or ViT) from a config",
         description="Train from CONFIG (a YAML file, or a shipped config name such as tiny or "
         "cpu-6x256: `hyperfrac config list`) with dotted overrides, e.g. "
         "`hyperfrac train cpu-6x256 model.connection.kind=dhc optim.lr=2e-3`. "
