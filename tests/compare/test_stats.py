@@ -13,6 +13,7 @@ from hyperfrac.compare.convergence import arm_convergence, first_crossing, run_c
 from hyperfrac.compare.stats import (
     NO_DIFFERENCE,
     SINGLE_SEED,
+    ZERO_SPREAD,
     betainc,
     claim_verdict,
     holm,
@@ -100,8 +101,10 @@ def test_verdicts_follow_the_interval() -> None:
     assert low["ci95"][1] < 0
     assert verdict(low, higher_is_better=False) == "better"
     assert verdict(low, higher_is_better=True) == "worse"
-    same = t_interval([0.1, 0.1])  # no spread: the point itself, p = 0
-    assert same["ci95"] == [0.1, 0.1] and same["p"] == 0.0 and same["t"] is None
+    same = t_interval([0.1, 0.1])  # no spread: no interval, no p, and the verdict says why
+    assert same["ci95"] is None and same["p"] is None and same["t"] is None
+    assert same["sd"] == 0.0 and same["mean"] == pytest.approx(0.1)
+    assert verdict(same, higher_is_better=True) == ZERO_SPREAD
     assert verdict(t_interval([0.0, 0.0]), higher_is_better=True) == NO_DIFFERENCE
 
 

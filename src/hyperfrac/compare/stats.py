@@ -34,6 +34,7 @@ import numpy as np
 
 LEVEL = 0.95
 SINGLE_SEED = "single seed — no uncertainty"
+ZERO_SPREAD = "identical across seeds — no uncertainty estimate"
 NO_DIFFERENCE = "no detectable difference"
 BETTER, WORSE = "better", "worse"
 
@@ -156,7 +157,9 @@ def t_interval(values: Sequence[float | None], level: float = LEVEL) -> dict[str
 
     Returns ``{"mean", "se", "sd", "n", "df", "t", "ci95", "p", "values"}``; with n < 2 the
     spread, interval and p are None (nothing can be said about uncertainty from one value).
-    With zero spread the interval is the point itself and p is 0 (or 1 for a zero mean).
+    With zero spread (every seed gives the same difference, as a discrete accuracy on few seeds
+    easily does) the t-interval would be the point itself and p = 0, a certainty the data do
+    not carry: interval and p are None and the verdict says so.
     """
     vals = _finite(values)
     n = len(vals)
@@ -172,7 +175,6 @@ def t_interval(values: Sequence[float | None], level: float = LEVEL) -> dict[str
     se = sd / math.sqrt(n)
     out.update(sd=sd, se=se)
     if se == 0.0:
-        out.update(ci95=[mean, mean], p=1.0 if mean == 0.0 else 0.0)
         return out
     half = t_ppf(0.5 + level / 2.0, n - 1) * se
     t = mean / se
@@ -185,14 +187,22 @@ def verdict(stat: dict[str, Any] | None, *, higher_is_better: bool) -> str | Non
     ``single seed — no uncertainty``; None without data."""
     if not stat or not stat.get("n"):
         return None
-    if stat["n"] < 2 or stat.get("ci95") is None:
-        return SINGLE_SEED
+    if stat.get("ci95") is None:
+        return _no_uncertainty(stat)
     lo, hi = stat["ci95"]
     if lo > 0:
         return BETTER if higher_is_better else WORSE
     if hi < 0:
         return WORSE if higher_is_better else BETTER
     return NO_DIFFERENCE
+
+
+def _no_uncertainty(stat: dict[str, Any]) -> str:
+    """The verdict of a statistic without an interval: one seed, or seeds that all agree (the
+    same nonzero difference every time; exactly zero every time is no difference)."""
+    if stat.get("n", 1) < 2:
+        return SINGLE_SEED
+    return NO_DIFFERENCE if stat.get("mean") == 0.0 else ZERO_SPREAD
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
@@ -276,7 +286,7 @@ def claim_verdict(paper_delta: float | None, ours: dict[str, Any] | None) -> str
     if paper_delta is None or paper_delta == 0 or not ours or ours.get("mean") is None:
         return "n/a"
     if ours.get("ci95") is None:
-        return SINGLE_SEED
+        return _no_uncertainty(ours)
     lo, hi = ours["ci95"]
     if (lo > 0 and paper_delta > 0) or (hi < 0 and paper_delta < 0):
         return "agrees"
