@@ -16,7 +16,9 @@ from hyperfrac.connections.analysis import (
     unfolded_connection_matrix,
 )
 from hyperfrac.connections.base import Connection, StreamConnection
+from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
+from hyperfrac.connections.head import HyperHead
 from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.mhc import ManifoldHyperConnection
 from hyperfrac.connections.options import ConnectionSpecError
@@ -35,8 +37,10 @@ __all__ = [
     "KINDS",
     "Connection",
     "ConnectionSpecError",
+    "DeepseekV4HyperConnection",
     "FracConnection",
     "HyperConnection",
+    "HyperHead",
     "ManifoldHyperConnection",
     "PostNorm",
     "Residual",

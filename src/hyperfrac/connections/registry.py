@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from hyperfrac.connections.base import Connection
+from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
 from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.mhc import ManifoldHyperConnection
@@ -46,6 +47,29 @@ def register(name: str, factory: Callable[..., Connection], schema: Mapping[str,
     _REGISTRY[name] = _Entry(factory, dict(schema))
 
 
+class Flavors:
+    """Factory of a kind whose ``flavor`` option picks the class (the first is the default),
+    e.g. ``mhc``: "paper" or "deepseek-v4". The kind's schema covers every flavour's options;
+    one that the chosen flavour lacks is refused by :func:`validate_spec`."""
+
+    def __init__(self, classes: Mapping[str, type[Connection]]) -> None:
+        self.classes = dict(classes)
+        self.default = next(iter(self.classes))
+
+    def check(self, kind: str, spec: Mapping[str, Any]) -> None:
+        flavor = spec.get("flavor", self.default)
+        accepted = _class_keywords(self.classes[flavor])
+        extra = sorted(set(spec) - accepted - {"kind", "flavor"})
+        if extra:
+            raise ConnectionSpecError(
+                f"{kind}: option {extra[0]!r} does not apply to flavor {flavor!r} (its options: "
+                f"{', '.join(sorted(accepted - {'layer_idx'}))})"
+            )
+
+    def __call__(self, dim: int, *, flavor: str | None = None, **options) -> Connection:
+        return self.classes[flavor or self.default](dim, **options)
+
+
 _LAYOUT = {"channel_first": Flag("state layout (B, n, C, *spatial) for maps instead of (..., D)")}
 _RECOMPUTE = {"recompute": Flag("rebuild the branch input in backward (HC App. B)")}
 _MIXING = {  # options of DynamicMixing, shared by HC and FC
@@ -71,7 +95,12 @@ _MHC = {
     "scale_init": Positive("initial alpha_pre = alpha_post = alpha_res (mHC: 0.01)"),
     "pre_init": Fraction("H_pre weight on stream layer_idx mod n at init"),
     "res_init_diag": Fraction("diagonal of H_res at init"),
-    "eps": Positive("RMSNorm epsilon"),
+    "eps": Positive("RMSNorm epsilon (deepseek-v4: eps of pre, comb and Sinkhorn, V4 hc_eps)"),
+    "flavor": Choice(
+        "'paper' (arXiv 2512.24880) or 'deepseek-v4' (V4's numerics, transformers' weights)",
+        choices=("paper", "deepseek-v4"),
+    ),
+    "norm_eps": Positive("deepseek-v4: RMSNorm epsilon of vec(x) (V4 rms_norm_eps)"),
     **_RECOMPUTE,
     **_LAYOUT,
 }
@@ -82,7 +111,11 @@ register("hc", partial(HyperConnection, dynamic=False), {**_STREAMS, **_MIXING})
 register("dhc", partial(HyperConnection, dynamic=True), {**_STREAMS, **_MIXING})
 register("fc", partial(FracConnection, dynamic=False), {**_FRACS, **_MIXING})
 register("dfc", partial(FracConnection, dynamic=True), {**_FRACS, **_MIXING})
-register("mhc", ManifoldHyperConnection, _MHC)
+register(
+    "mhc",
+    Flavors({"paper": ManifoldHyperConnection, "deepseek-v4": DeepseekV4HyperConnection}),
+    _MHC,
+)
 
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -96,6 +129,8 @@ def connection_class(kind: str) -> type[Connection]:
     """The class ``build(kind, ...)`` instantiates, for per-kind facts without building one
     (e.g. ``connection_class("dfc").slot_option == "n_fracs"``)."""
     factory = _entry(kind).factory
+    if isinstance(factory, Flavors):
+        return factory.classes[factory.default]
     return factory.func if isinstance(factory, partial) else factory
 
 
@@ -108,13 +143,21 @@ def _factory_keywords(kind: str) -> set[str]:
     """Keyword options the registered factory's class chain accepts: what its schema must
     cover (a test holds the two equal, so a new constructor option cannot go unchecked)."""
     factory = _entry(kind).factory
+    if isinstance(factory, Flavors):
+        names = {"flavor"}.union(*(_class_keywords(k) for k in factory.classes.values()))
+        return names - {"layer_idx"}
     fixed = set(factory.keywords) if isinstance(factory, partial) else set()
+    return _class_keywords(connection_class(kind)) - fixed - {"layer_idx"}
+
+
+def _class_keywords(klass: type[Connection]) -> set[str]:
+    """Keyword-only options of the constructors along ``klass``'s Connection chain."""
     names: set[str] = set()
-    for klass in connection_class(kind).__mro__:
-        if issubclass(klass, Connection) and "__init__" in klass.__dict__:
-            params = inspect.signature(klass.__dict__["__init__"]).parameters.values()
+    for base in klass.__mro__:
+        if issubclass(base, Connection) and "__init__" in base.__dict__:
+            params = inspect.signature(base.__dict__["__init__"]).parameters.values()
             names.update(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-    return names - fixed - {"layer_idx", "n_slots", "slot_dim", "n_inputs"}
+    return names - {"n_slots", "slot_dim", "n_inputs"}
 
 
 def _entry(kind: str) -> _Entry:
@@ -165,6 +208,8 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if name not in schema:
             raise _unknown_option(kind, name, set(schema))
         out[name] = schema[name].check(kind, name, value)
+    if isinstance(_REGISTRY[kind].factory, Flavors):
+        _REGISTRY[kind].factory.check(kind, out)
     return out
 
 
