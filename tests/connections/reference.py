@@ -108,3 +108,80 @@ def mhc_args(c):
     return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
                 a_post=c.alpha_post, a_res=c.alpha_res, iters=c.sinkhorn_iters,
                 norm=c.norm_mode != "none", tanh=c.tanh, eps=c.eps)
+
+
+def permutation_matrix(sigma):
+    """P with P[i, sigma(i)] = 1, so (P x)_i = x_{sigma(i)} (mHC-lite's P_k)."""
+    n = len(sigma)
+    P = torch.zeros(n, n, dtype=torch.float64)
+    for i, j in enumerate(sigma):
+        P[i, j] = 1.0
+    return P
+
+
+def _exact_ds_layer(x, branch, H_res_fn, *, phi, b_pre, b_post, b_res, a_pre, a_post, a_res,
+                    norm, tanh, eps):
+    """mHC Eq. 3, 7, 8 with H_res = H_res_fn(res logits) in place of Sinkhorn."""
+    n, c = x.shape[-2:]
+    v = x.reshape(*x.shape[:-2], n * c)  # vec(x)
+    if norm:
+        v = rmsnorm(v, eps)
+    proj = v @ phi  # (..., 2n + K)
+    if tanh:
+        proj = torch.tanh(proj)
+    H_pre = torch.sigmoid(a_pre * proj[..., :n] + b_pre)
+    H_post = 2 * torch.sigmoid(a_post * proj[..., n : 2 * n] + b_post)
+    H_res = H_res_fn(a_res * proj[..., 2 * n :] + b_res)
+    out = branch(torch.einsum("...i,...ic->...c", H_pre, x))
+    return torch.einsum("...ij,...jc->...ic", H_res, x) + H_post.unsqueeze(-1) * out.unsqueeze(-2)
+
+
+def mhc_lite_res(logits, n):
+    """mHC-lite: H_res = sum_k softmax(logits)_k P_k over itertools' order of the n! perms."""
+    import itertools
+
+    perms = [permutation_matrix(s) for s in itertools.permutations(range(n))]
+    a = torch.exp(logits - logits.max(-1, keepdim=True).values)
+    a = a / a.sum(-1, keepdim=True)
+    return sum(a[..., k, None, None] * P.to(a.dtype) for k, P in enumerate(perms))
+
+
+def kromhc_res(logits, n):
+    """KromHC: (U_1 (x) ... (x) U_K)[i, j] = prod_k (p_k if bit k of i == bit k of j else
+    1 - p_k), bits counted from the most significant (factor 1), p = sigmoid(logits)."""
+    K = n.bit_length() - 1
+    p = 1 / (1 + torch.exp(-logits))  # (..., K)
+    rows = []
+    for i in range(n):
+        row = []
+        for j in range(n):
+            entry = torch.ones_like(logits[..., 0])
+            for k in range(K):
+                bit = K - 1 - k
+                same = ((i >> bit) & 1) == ((j >> bit) & 1)
+                entry = entry * (p[..., k] if same else 1 - p[..., k])
+            row.append(entry)
+        rows.append(torch.stack(row, -1))
+    return torch.stack(rows, -2)  # (..., n, n)
+
+
+def mhc_lite_layer(x, branch, *, norm=True, tanh=False, eps=1e-6, **params):
+    """mHC-lite (arXiv 2601.05732) for x (..., n, C): returns the new x."""
+    n = x.shape[-2]
+    return _exact_ds_layer(x, branch, lambda z: mhc_lite_res(z, n), norm=norm, tanh=tanh,
+                           eps=eps, **params)
+
+
+def kromhc_layer(x, branch, *, norm=True, tanh=False, eps=1e-6, **params):
+    """KromHC (arXiv 2601.21579) for x (..., n, C), n a power of two: returns the new x."""
+    n = x.shape[-2]
+    return _exact_ds_layer(x, branch, lambda z: kromhc_res(z, n), norm=norm, tanh=tanh,
+                           eps=eps, **params)
+
+
+def exact_ds_args(c):
+    """A built mhc-lite/kromhc module's parameters as :func:`mhc_lite_layer` /
+    :func:`kromhc_layer` keyword arguments."""
+    return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
+                a_post=c.alpha_post, a_res=c.alpha_res, norm=c.norm_mode != "none", tanh=c.tanh,
+                eps=c.eps)

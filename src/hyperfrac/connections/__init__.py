@@ -20,7 +20,9 @@ from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
 from hyperfrac.connections.head import HyperHead
 from hyperfrac.connections.hyper import HyperConnection
+from hyperfrac.connections.kromhc import KromHC
 from hyperfrac.connections.mhc import ManifoldHyperConnection
+from hyperfrac.connections.mhc_lite import MHCLite
 from hyperfrac.connections.options import ConnectionSpecError
 from hyperfrac.connections.registry import (
     KINDS,
@@ -41,6 +43,8 @@ __all__ = [
     "FracConnection",
     "HyperConnection",
     "HyperHead",
+    "KromHC",
+    "MHCLite",
     "ManifoldHyperConnection",
     "PostNorm",
     "Residual",

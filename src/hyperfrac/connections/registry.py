@@ -12,9 +12,13 @@ from typing import Any
 
 from hyperfrac.connections.base import Connection
 from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
+from hyperfrac.connections.doubly_stochastic import StreamCount
 from hyperfrac.connections.frac import FracConnection
 from hyperfrac.connections.hyper import HyperConnection
+from hyperfrac.connections.kromhc import KromHC
 from hyperfrac.connections.mhc import ManifoldHyperConnection
+from hyperfrac.connections.mhc_lite import MAX_STREAMS as _MHC_LITE_MAX
+from hyperfrac.connections.mhc_lite import MHCLite
 from hyperfrac.connections.mixing import FREEZABLE, NORM_TYPES
 from hyperfrac.connections.options import (
     Choice,
@@ -116,6 +120,21 @@ register(
     Flavors({"paper": ManifoldHyperConnection, "deepseek-v4": DeepseekV4HyperConnection}),
     _MHC,
 )
+_EXACT_DS = {  # mHC options without Sinkhorn: H_res is exactly doubly stochastic
+    "dynamic": Flag("input-dependent coefficients (mHC Eq. 7); off: static b_* only"),
+    "norm": Flag("RMSNorm of vec(x) before the projection (mHC Eq. 7)"),
+    "tanh": Flag("tanh on the projected logits"),
+    "scale_init": Positive("initial alpha_pre = alpha_post = alpha_res (mHC: 0.01)"),
+    "pre_init": Fraction("H_pre weight on stream layer_idx mod n at init"),
+    "res_init_diag": Fraction("diagonal of H_res at init; must exceed 1/n"),
+    "eps": Positive("RMSNorm epsilon"),
+    **_RECOMPUTE,
+    **_LAYOUT,
+}
+_MHC_LITE_N = StreamCount(f"n <= {_MHC_LITE_MAX} (n! permutations)", limit=_MHC_LITE_MAX)
+_KROMHC_N = StreamCount("n, a power of two (2x2 Kronecker factors)", power_of_two=True)
+register("mhc-lite", MHCLite, {"n_streams": _MHC_LITE_N, **_EXACT_DS})
+register("kromhc", KromHC, {"n_streams": _KROMHC_N, **_EXACT_DS})
 
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
