@@ -22,7 +22,8 @@ ALL_KINDS = [("residual", {}), ("postnorm", {})] + STREAM_KINDS
 
 
 def test_registry_lists_every_kind():
-    assert set(KINDS) == {"residual", "postnorm", "hc", "dhc", "fc", "dfc", "mhc"}
+    assert set(KINDS) == {"residual", "postnorm", "hc", "dhc", "fc", "dfc", "mhc", "mhc-lite",
+                          "kromhc"}
     assert "n_streams" in options_for("dhc") and "n_fracs" in options_for("dfc")
 
 
