@@ -18,7 +18,10 @@ For the latest complete checkpoint of a run folder (or a given one):
   adjacent-layer cosine similarity of the layer inputs per layer, median and 5-95% band
   (HC Fig. 3, FC Fig. 2); token-averaged unfolded connection matrices, also per stream
   (HC Eq. 27-29, Figs. 7 and 13); single and composite Amax gains across depth (mHC §3.1,
-  Fig. 3);
+  Fig. 3); for n-stream kinds the stream-collapse diagnostic (arXiv 2606.03483): per sublayer
+  the token mean of the share of its input state's energy in the largest stream
+  (``stream_energy_max_share``, L values; 1/n balanced, 1 collapsed) and the same for the
+  final state (``stream_energy_max_share_final``);
 * **gradient norms** per sublayer (attention / FFN of every block, each with its norm and its
   connection) of the loss on the same windows at the checkpoint.
 
@@ -39,13 +42,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hyperfrac.analysis.metrics import adjacent_cosine, band, connection_summary
+from hyperfrac.analysis.metrics import (
+    adjacent_cosine,
+    band,
+    connection_summary,
+    stream_energy_max_share,
+)
 from hyperfrac.analysis.probes import ConnectionProbe
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.precision import autocast as precision_autocast
 from hyperfrac.train.task import ImageClassificationTask, LanguageModelTask, task_class
 
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3  # 3: stream_energy_max_share
 
 
 # ------------------------------------------------------------------------------ model probes
@@ -58,11 +66,12 @@ def probe_model(model: nn.Module, x: Tensor, *, max_tokens: int | None = 512) ->
     Returns ``cosine`` (median/low/high/mean per adjacent pair, L-1 values), ``unfolded``
     (L, L+1, R, R) and ``unfolded_per_stream`` (S, L, L+1, R, R) as nested lists, the final
     output's row ``unfolded_final`` (L+1, R, R) and ``unfolded_final_per_stream``, and the
-    Amax gain curves (L,) under ``amax``.
+    Amax gain curves (L,) under ``amax``; for n-stream kinds ``stream_energy_max_share`` (L,)
+    and ``stream_energy_max_share_final`` over every token (None for other kinds).
     """
     was_training = model.training
     model.eval()
-    with ConnectionProbe(model, max_tokens=max_tokens) as probe:
+    with ConnectionProbe(model, max_tokens=max_tokens) as probe, StreamShares(model) as shares:
         model(x)
     model.train(was_training)
     inputs = probe.layer_inputs  # L x (N, D)
@@ -79,7 +88,39 @@ def probe_model(model: nn.Module, x: Tensor, *, max_tokens: int | None = 512) ->
         k: summary[k].tolist()
         for k in ("single_forward", "single_backward", "composite_forward", "composite_backward")
     }
+    out["stream_energy_max_share"] = shares.inputs or None
+    out["stream_energy_max_share_final"] = shares.outputs[-1] if shares.outputs else None
     return out
+
+
+class StreamShares:
+    """Context manager recording, for every call of an n-stream connection (in call order),
+    the token mean of :func:`~hyperfrac.analysis.metrics.stream_energy_max_share` of the state
+    it receives (``inputs``) and returns (``outputs``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.inputs: list[float] = []
+        self.outputs: list[float] = []
+        self._handles: list = []
+
+    def _hook(self, module: nn.Module, args, output) -> None:
+        cf = module.channel_first
+        self.inputs.append(float(stream_energy_max_share(args[0], channel_first=cf).mean()))
+        self.outputs.append(float(stream_energy_max_share(output, channel_first=cf).mean()))
+
+    def __enter__(self) -> StreamShares:
+        from hyperfrac.connections import Connection
+
+        for module in self.model.modules():
+            if isinstance(module, Connection) and module.slot_option == "n_streams":
+                self._handles.append(module.register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 def sublayer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
@@ -288,7 +329,8 @@ def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
 
 
 def connection_cost(model: nn.Module) -> dict[str, int]:
-    """Connection parameters in the model and their forward FLOPs per token (vs residual)."""
+    """Connection parameters in the model and their forward FLOPs per token (vs residual),
+    the learned stream head (``model.stream_head: learned``) counted once."""
     from hyperfrac.connections import Connection, overhead
 
     conns = [m for m in model.modules() if isinstance(m, Connection)]
@@ -296,6 +338,10 @@ def connection_cost(model: nn.Module) -> dict[str, int]:
     spec = dict(model.cfg.connection)
     kind = spec.pop("kind")
     flops = overhead(kind, model.cfg.dim, len(conns), **spec)["flops_per_token"]
+    head = getattr(model, "stream_head", None)
+    if head is not None:
+        params += head.extra_params()
+        flops += head.flops_per_token()
     return {"conn_params": int(params), "conn_flops_per_token": int(flops)}
 
 

@@ -4,7 +4,9 @@
   FC Fig. 2);
 * unfolded connection matrices averaged over tokens (HC Fig. 7, 13), with the weights of the
   model's final output (after the connection's ``reduce``) as one more row;
-* Amax gain of the residual mixing, single and composite, averaged over tokens (mHC Fig. 3).
+* Amax gain of the residual mixing, single and composite, averaged over tokens (mHC Fig. 3);
+* stream collapse (arXiv 2606.03483): the share of the stream state's energy in its largest
+  stream, max_s ||h_s||^2 / sum_s ||h_s||^2 per token (1/n balanced, 1 collapsed).
 """
 
 from __future__ import annotations
@@ -82,3 +84,20 @@ def connection_summary(matrices: list[Tensor]) -> dict[str, Tensor]:
            "final": f["matrix"].mean(0), "final_per_stream": f["per_stream"].mean(0)}
     out.update({k: v.mean(0) for k, v in g.items()})
     return out
+
+
+def stream_energy_max_share(h: Tensor, *, channel_first: bool = False) -> Tensor:
+    """Per token, the share of the stream state's energy in its largest stream.
+
+    ``h``: n-stream state (..., n, D), or (B, n, C, *spatial) with ``channel_first`` (a token
+    is then one spatial position). Returns max_s ||h_s||^2 / sum_s ||h_s||^2 in float64, shape
+    (...) or (B, *spatial): 1/n when every stream carries the same energy, 1 when one stream
+    carries all of it (collapse). A token whose state is all zeros counts as balanced (1/n).
+    """
+    if channel_first:
+        h = h.movedim(1, -1).movedim(1, -1)  # (B, n, C, *sp) -> (B, *sp, n, C)
+    energy = h.double().square().sum(-1)  # (..., n)
+    total = energy.sum(-1)
+    share = energy.amax(-1) / total.clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(total > 0, share, torch.full_like(share, 1.0 / energy.shape[-1]))
+

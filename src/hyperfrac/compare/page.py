@@ -117,6 +117,10 @@ def _sections(built: dict[str, Any]) -> list[tuple[str, dict | None, str]]:
          "validation value, and where it stands when the baseline's training time is up."),
         ("Multiple-choice suites", built["suites"],
          "Built from held-out text in the training text's line format."),
+        ("Stream collapse", built.get("collapse"),
+         "Share of the stream state's energy in its largest stream, max_s ||h_s||² / "
+         "Σ_s ||h_s||², token mean at each sublayer's input (arXiv 2606.03483 reports HC/mHC "
+         "streams collapsing to one): 1/n is balanced, 1 is one stream carrying everything."),
     ]
 
 

@@ -72,11 +72,25 @@ def _run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     amax = run["analysis"]["probe"]["amax"]
     flat["max_composite_gain"] = max(max(amax["composite_forward"]),
                                      max(amax["composite_backward"]))
+    flat.update(_stream_shares(run["analysis"]["probe"]))
     for split, r in m.get("heldout", {}).items():
         flat[f"heldout_bpb:{split}"] = r["bpb"]
     for suite, acc in m.get("mc", {}).items():
         flat[f"mc:{suite}"] = acc
     return flat
+
+
+def _stream_shares(probe: dict[str, Any]) -> dict[str, float | None]:
+    """Stream collapse (n-stream kinds; None otherwise): the largest stream's energy share
+    averaged over / maximal across the sublayers' input states, that of the final state, and
+    its balanced value 1/n."""
+    shares = probe.get("stream_energy_max_share")
+    if not shares:
+        return {k: None for k in ("stream_share_mean", "stream_share_max",
+                                  "stream_share_final", "stream_share_balanced")}
+    return {"stream_share_mean": sum(shares) / len(shares), "stream_share_max": max(shares),
+            "stream_share_final": probe.get("stream_energy_max_share_final"),
+            "stream_share_balanced": 1.0 / len(probe["unfolded_per_stream"])}
 
 
 def primary_metric(spec: CompareSpec) -> str:

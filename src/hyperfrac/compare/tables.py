@@ -271,6 +271,20 @@ def suites_table(results: dict[str, Any]) -> Table | None:
     return {"head": head, "rows": rows}
 
 
+def collapse_table(results: dict[str, Any]) -> Table | None:
+    """Stream collapse of the n-stream arms: the share of the state's energy in its largest
+    stream (1/n balanced, 1 collapsed), seed means; None when no arm has streams."""
+    arms = [a for a in results["arms"] if a["stats"].get("stream_share_mean", {}).get("n")]
+    if not arms:
+        return None
+    head = ["arm", "balanced (1/n)", "mean over sublayers", "max over sublayers",
+            "final state"]
+    rows = [[a["label"]] + [num(a["stats"][k]["mean"], 3) for k in
+                            ("stream_share_balanced", "stream_share_mean", "stream_share_max",
+                             "stream_share_final")] for a in arms]
+    return {"head": head, "rows": rows}
+
+
 def paper_tables(spec: CompareSpec, results: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """One table per paper reference (its numbers beside our paired Δ with interval and a
     claim verdict), and the flat list of claims for results.json."""
@@ -317,4 +331,5 @@ def build_all(spec: CompareSpec, results: dict[str, Any]) -> dict[str, Any]:
     return {"verdicts": verdict_lines(spec, results), "settings": settings_rows(spec, results),
             "main": main_table(spec, results), "paired": paired_table(spec, results),
             "convergence": convergence_table(spec, results),
-            "suites": suites_table(results), "papers": papers, "claims": claims}
+            "suites": suites_table(results), "collapse": collapse_table(results),
+            "papers": papers, "claims": claims}

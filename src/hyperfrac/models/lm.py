@@ -4,7 +4,9 @@ Architecture (every choice is a field of :class:`LMConfig`):
 
 * token embedding (no scaling, no positional embedding) -> ``conn.expand`` into the stream
   state -> ``n_layers`` blocks (attention, then FFN, each wrapped by a stream connection) ->
-  ``conn.reduce`` back to width D -> final norm -> LM head (tied to the embedding or not);
+  ``conn.reduce`` back to width D (or, with ``stream_head: learned``, DeepSeek-V4's learned
+  collapse :class:`~hyperfrac.connections.HyperHead`) -> final norm -> LM head (tied to the
+  embedding or not);
 * attention: fused QKV, RoPE, causal SDPA, optional GQA and QK-norm (OLMo-2, OLMoE);
 * FFN: SwiGLU, or top-k routed SwiGLU experts (:mod:`hyperfrac.models.moe`);
 * norms: RMSNorm or LayerNorm, with or without weights (OLMo-1B/7B: parameter-free LayerNorm);
@@ -36,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperfrac.connections import build, validate_spec
+from hyperfrac.connections import build, connection_class, validate_spec
+from hyperfrac.connections.head import HyperHead
 from hyperfrac.models.layers import (
     NORMS,
     Attention,
@@ -68,6 +71,10 @@ class MoEConfig:
     """Coefficient of the router z-loss (OLMoE: 0.001)."""
     norm_topk_prob: bool = False
     """Renormalise the top-k router probabilities to sum to 1 (OLMoE: False)."""
+
+
+STREAM_HEADS = ("sum", "learned")
+"""Values of ``LMConfig.stream_head``."""
 
 
 @dataclass
@@ -121,6 +128,12 @@ class LMConfig:
     of :func:`hyperfrac.connections.build` (n_streams, n_fracs, tanh, norm, ...)."""
     moe: MoEConfig | None = None
     """Routed experts instead of the dense FFN (OLMoE); None = dense."""
+    stream_head: str = "sum"
+    """Stream reducer before the final norm: ``sum`` (the connection's ``reduce``, HC Alg. 1) or
+    ``learned`` (DeepSeek-V4's ``HyperHead``: a sigmoid-weighted sum of the n streams that
+    starts as their mean; n-stream kinds only). The mean is 1/n of the sum: after an RMSNorm
+    only its eps sees the difference, so with ``learned`` the final norm sees one stream's
+    scale and ``final_norm_eps`` needs no ``n_streams**2`` factor."""
 
     def resolved_mlp_hidden(self) -> int:
         if self.mlp_hidden is not None:
@@ -133,7 +146,23 @@ class LMConfig:
             raise ValueError(f"n_heads={self.n_heads} does not divide dim={self.dim}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
-        validate_spec(self.connection)
+        spec = validate_spec(self.connection)
+        if self.stream_head not in STREAM_HEADS:
+            raise ValueError(
+                f"model.stream_head={self.stream_head!r}; choose one of {STREAM_HEADS}"
+            )
+        if self.stream_head == "learned":
+            if connection_class(spec["kind"]).slot_option != "n_streams":
+                raise ValueError(
+                    f"model.stream_head='learned' collapses n streams, but connection kind "
+                    f"{spec['kind']!r} has none; use an n-stream kind (hc, dhc, mhc, mhc-lite, "
+                    f"kromhc) or stream_head='sum'"
+                )
+            if spec.get("channel_first"):
+                raise ValueError(
+                    "model.stream_head='learned' needs the (..., n, D) state layout; drop "
+                    "connection.channel_first"
+                )
 
 
 class LMOutput(NamedTuple):
@@ -204,6 +233,10 @@ class TransformerLM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         final_eps = cfg.norm_eps if cfg.final_norm_eps is None else cfg.final_norm_eps
         self.norm = build_norm(cfg.norm, D, eps=final_eps, affine=cfg.norm_affine)
+        self.stream_head: HyperHead | None = None
+        if cfg.stream_head == "learned":
+            n = self.streams.n_streams
+            self.stream_head = HyperHead(D, n_streams=n, **_head_eps(cfg.connection))
         self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -217,6 +250,8 @@ class TransformerLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        """Embedding, LM head and branch weights; the connections and the stream head keep
+        their own (Pre-Norm-equivalent) initialisation."""
         std = self.cfg.init_std
         nn.init.trunc_normal_(self.embed.weight, std=std, a=-3 * std, b=3 * std)
         if not self.cfg.tie_embeddings:
@@ -254,7 +289,10 @@ class TransformerLM(nn.Module):
         aux: list[dict[str, Tensor]] = []
         for block in self.blocks:
             h = block(h, rope, aux) if cache is None else block(h, rope, aux, cache)
-        x = self.norm(self.streams.reduce(h))  # (B, T, D)
+        if self.stream_head is not None:
+            x = self.norm(self.stream_head(h))  # (B, T, n, D) -> (B, T, D)
+        else:
+            x = self.norm(self.streams.reduce(h))  # (B, T, D)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -272,6 +310,15 @@ class TransformerLM(nn.Module):
         else:
             aux_loss, stats = logits.new_zeros((), dtype=torch.float32), {}
         return LMOutput(logits, loss, aux_loss, stats)
+
+
+def _head_eps(spec: dict[str, Any]) -> dict[str, float]:
+    """HyperHead eps / norm_eps: V4's hc_eps and rms_norm_eps from an mhc spec of flavor
+    deepseek-v4, the head's own defaults (V4's) otherwise."""
+    if spec.get("flavor") != "deepseek-v4":
+        return {}
+    spec = validate_spec(spec)
+    return {k: spec[k] for k in ("eps", "norm_eps") if k in spec}
 
 
 def count_params(model: nn.Module, *, exclude_embeddings: bool = False) -> int:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from hyperfrac.connections import Connection
+from hyperfrac.connections import Connection, HyperHead
 from hyperfrac.train.config import OptimConfig
 
 
@@ -55,7 +55,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     no_decay: dict[int, nn.Parameter] = {}
     conn_params: set[int] = set()
     for module in model.modules():
-        if isinstance(module, Connection):
+        if isinstance(module, (Connection, HyperHead)):  # HyperHead: hc_fn decays
             for p in module.decay_parameters():
                 decay[id(p)] = p
             for p in module.no_decay_parameters():
