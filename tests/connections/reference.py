@@ -185,3 +185,48 @@ def exact_ds_args(c):
     return dict(phi=c.phi, b_pre=c.b_pre, b_post=c.b_post, b_res=c.b_res, a_pre=c.alpha_pre,
                 a_post=c.alpha_post, a_res=c.alpha_res, norm=c.norm_mode != "none", tanh=c.tanh,
                 eps=c.eps)
+
+
+def attnres_read(sources, w, g, eps):
+    """AttnRes (arXiv 2603.15031): softmax_i(w^T RMSNorm(v_i)) and sum_i alpha_i v_i over a
+    list of sources (..., D); g is the keys' RMSNorm weight (None: none)."""
+    V = torch.stack(sources, 0)  # (S, ..., D)
+    K = rmsnorm(V, eps) * (1.0 if g is None else g)
+    a = torch.softmax(torch.einsum("d,s...d->s...", w, K), dim=0)  # (S, ...)
+    return torch.einsum("s...,s...d->...d", a, V), a
+
+
+def attnres_full(x, branches, queries, norm_weights, final_query, final_norm_weight, eps):
+    """Full AttnRes: sublayer l attends over [x, v_1, ..., v_l]; returns (y, branch inputs)."""
+    sources, inputs = [x], []
+    for f, w, g in zip(branches, queries, norm_weights, strict=True):
+        h, _ = attnres_read(sources, w, g, eps)
+        inputs.append(h)
+        sources.append(f(h))
+    y, _ = attnres_read(sources, final_query, final_norm_weight, eps)
+    return y, inputs
+
+
+def attnres_block(x, branches, queries, norm_weights, final_query, final_norm_weight, eps, k):
+    """Block AttnRes after Kimi's pseudo-code: ``blocks`` (the embedding, then completed sums of
+    k sublayer outputs) and ``partial`` (the current block's sum); each read attends over
+    blocks + [partial]; returns (y, branch inputs)."""
+    blocks, partial, inputs = [x], None, []
+    for l, (f, w, g) in enumerate(zip(branches, queries, norm_weights, strict=True)):
+        if l % k == 0 and partial is not None:  # block boundary: commit the partial sum
+            blocks, partial = blocks + [partial], None
+        h, _ = attnres_read(blocks + ([] if partial is None else [partial]), w, g, eps)
+        inputs.append(h)
+        o = f(h)
+        partial = o if partial is None else partial + o
+    y, _ = attnres_read(blocks + ([] if partial is None else [partial]), final_query,
+                        final_norm_weight, eps)
+    return y, inputs
+
+
+def attnres_args(conns):
+    """A stack of built attnres modules as attnres_full / attnres_block keyword arguments."""
+    return dict(queries=[c.pseudo_query for c in conns],
+                norm_weights=[c.norm_weight for c in conns],
+                final_query=conns[0].final_query, final_norm_weight=conns[0].final_norm_weight,
+                eps=conns[0].eps)

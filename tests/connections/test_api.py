@@ -23,7 +23,7 @@ ALL_KINDS = [("residual", {}), ("postnorm", {})] + STREAM_KINDS
 
 def test_registry_lists_every_kind():
     assert set(KINDS) == {"residual", "postnorm", "hc", "dhc", "fc", "dfc", "mhc", "mhc-lite",
-                          "kromhc"}
+                          "kromhc", "attnres"}
     assert "n_streams" in options_for("dhc") and "n_fracs" in options_for("dfc")
 
 

@@ -15,6 +15,7 @@ from hyperfrac.connections.analysis import (
     overhead,
     unfolded_connection_matrix,
 )
+from hyperfrac.connections.attnres import AttentionResidual
 from hyperfrac.connections.base import Connection, StreamConnection
 from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
@@ -37,6 +38,7 @@ from hyperfrac.connections.residual import PostNorm, Residual
 
 __all__ = [
     "KINDS",
+    "AttentionResidual",
     "Connection",
     "ConnectionSpecError",
     "DeepseekV4HyperConnection",

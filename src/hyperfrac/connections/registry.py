@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from hyperfrac.connections.attnres import AttentionResidual, BlockSize
 from hyperfrac.connections.base import Connection
 from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.doubly_stochastic import StreamCount
@@ -135,6 +136,15 @@ _MHC_LITE_N = StreamCount(f"n <= {_MHC_LITE_MAX} (n! permutations)", limit=_MHC_
 _KROMHC_N = StreamCount("n, a power of two (2x2 Kronecker factors)", power_of_two=True)
 register("mhc-lite", MHCLite, {"n_streams": _MHC_LITE_N, **_EXACT_DS})
 register("kromhc", KromHC, {"n_streams": _KROMHC_N, **_EXACT_DS})
+_ATTNRES = {
+    "block_size": BlockSize("k, sublayers per block (Block AttnRes); null or 0: full AttnRes"),
+    "n_sublayers": Count("L, the model's sublayer count (2 per block); fixes connection_matrix's "
+                         "slot layout for the analyses and checks reduce's input"),
+    "eps": Positive("RMSNorm epsilon of the keys"),
+    "norm_affine": Flag("learnable RMSNorm weight on the keys (Kimi's nn.RMSNorm)"),
+    **_LAYOUT,
+}
+register("attnres", AttentionResidual, _ATTNRES)
 
 KINDS: tuple[str, ...] = tuple(_REGISTRY)
 
