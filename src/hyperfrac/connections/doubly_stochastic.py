@@ -142,6 +142,7 @@ class ExactManifoldHyperConnection(CopiedStreams):
         recompute: bool = False,
         channel_first: bool = False,
         eps: float = 1e-6,
+        stream_embed: bool = False,
     ) -> None:
         super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
         n = n_streams
@@ -155,6 +156,7 @@ class ExactManifoldHyperConnection(CopiedStreams):
             )
         self.recompute = bool(recompute)
         self.n_slots, self.slot_dim, self.n_inputs = n, dim, 1
+        self._init_stream_embed(stream_embed)
         self.dynamic = bool(dynamic)
         self.eps = float(eps)
         k_res = self.n_res_logits(n)

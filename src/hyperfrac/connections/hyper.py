@@ -32,10 +32,19 @@ class HyperConnection(CopiedStreams, DynamicMixing):
 
     kind = "dhc"
 
-    def __init__(self, dim: int, *, n_streams: int = 4, layer_idx: int = 0, **options) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_streams: int = 4,
+        layer_idx: int = 0,
+        stream_embed: bool = False,
+        **options,
+    ) -> None:
         super().__init__(
             dim, n_slots=n_streams, slot_dim=dim, n_inputs=1, layer_idx=layer_idx, **options
         )
+        self._init_stream_embed(stream_embed)
         self.kind = "dhc" if self.dynamic else "hc"
 
     def _init_input(self) -> Tensor:

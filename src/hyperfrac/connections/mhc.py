@@ -62,12 +62,14 @@ class ManifoldHyperConnection(CopiedStreams):
         res_init_diag: float = 0.9,
         recompute: bool = False,
         channel_first: bool = False,
+        stream_embed: bool = False,
         eps: float = 1e-6,
     ) -> None:
         super().__init__(dim, layer_idx=layer_idx, channel_first=channel_first)
         self.recompute = bool(recompute)
         n = n_streams
         self.n_slots, self.slot_dim, self.n_inputs = n, dim, 1
+        self._init_stream_embed(stream_embed)
         self.dynamic = bool(dynamic)
         self.sinkhorn_iters = sinkhorn_iters
         self.eps = float(eps)

@@ -89,7 +89,10 @@ _MIXING = {  # options of DynamicMixing, shared by HC and FC
     **_RECOMPUTE,
     **_LAYOUT,
 }
-_STREAMS = {"n_streams": Count("n, copies of the hidden state (HC §2.1)")}
+_STREAM_EMBED = {
+    "stream_embed": Flag("learned per-stream embeddings added to the n copies, zero at init"),
+}
+_STREAMS = {"n_streams": Count("n, copies of the hidden state (HC §2.1)"), **_STREAM_EMBED}
 _FRACS = {"n_fracs": Count("m, fractions of the hidden state (FC Eq. 6); must divide dim")}
 _MHC = {
     **_STREAMS,
@@ -129,6 +132,7 @@ _EXACT_DS = {  # mHC options without Sinkhorn: H_res is exactly doubly stochasti
     "pre_init": Fraction("H_pre weight on stream layer_idx mod n at init"),
     "res_init_diag": Fraction("diagonal of H_res at init; must exceed 1/n"),
     "eps": Positive("RMSNorm epsilon"),
+    **_STREAM_EMBED,
     **_RECOMPUTE,
     **_LAYOUT,
 }
