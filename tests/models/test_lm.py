@@ -93,3 +93,15 @@ def test_loss_is_cross_entropy_near_uniform_at_init() -> None:
     idx, targets = torch.randint(0, 512, (2, 4, 32))
     loss = model(idx, targets).loss.item()
     assert abs(loss - math.log(512)) < 0.1
+
+
+def test_attnres_gets_the_models_sublayer_count_and_probes():
+    """A kind that takes n_sublayers (AttnRes) gets 2 * n_layers from the model, so the
+    analyses (fixed slot layout, final read) work without it in the spec."""
+    from hyperfrac.analysis.analyze import probe_model
+
+    model = build_preset("tiny", connection={"kind": "attnres", "block_size": 2})
+    conns = [c for b in model.blocks for c in (b.attn_conn, b.ffn_conn)]
+    assert {c.n_sublayers for c in conns} == {2 * model.cfg.n_layers}
+    probe = probe_model(model, torch.randint(0, model.cfg.vocab_size, (2, 16)), max_tokens=32)
+    assert len(probe["unfolded"]) == 2 * model.cfg.n_layers

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperfrac.connections import build, connection_class, validate_spec
+from hyperfrac.connections import build, connection_class, options_for, validate_spec
 from hyperfrac.connections.head import HyperHead
 from hyperfrac.models.layers import (
     NORMS,
@@ -176,10 +176,16 @@ class LMOutput(NamedTuple):
     """Detached MoE statistics (lb_loss, z_loss, dropped, load (L, E)); empty when dense."""
 
 
-def build_connection(spec: dict[str, Any], dim: int, layer_idx: int) -> nn.Module:
-    """Resolve ``{"kind": ..., **options}`` through the connection registry (which checks it)."""
+def build_connection(spec: dict[str, Any], dim: int, layer_idx: int,
+                     n_sublayers: int | None = None) -> nn.Module:
+    """Resolve ``{"kind": ..., **options}`` through the connection registry (which checks it).
+    A kind that takes ``n_sublayers`` (AttnRes: its slot layout and final read) gets the
+    model's count unless the spec sets it."""
     options = dict(spec)
-    return build(options.pop("kind", None), dim, layer_idx=layer_idx, **options)
+    kind = options.pop("kind", None)
+    if n_sublayers is not None and "n_sublayers" in options_for(kind):
+        options.setdefault("n_sublayers", n_sublayers)
+    return build(kind, dim, layer_idx=layer_idx, **options)
 
 
 class TransformerLM(nn.Module):
@@ -224,8 +230,8 @@ class TransformerLM(nn.Module):
                 Block(
                     attn,
                     ffn,
-                    attn_conn=build_connection(cfg.connection, D, 2 * i),
-                    ffn_conn=build_connection(cfg.connection, D, 2 * i + 1),
+                    attn_conn=build_connection(cfg.connection, D, 2 * i, 2 * cfg.n_layers),
+                    ffn_conn=build_connection(cfg.connection, D, 2 * i + 1, 2 * cfg.n_layers),
                     attn_norm=build_norm(cfg.norm, D, **norm),
                     ffn_norm=build_norm(cfg.norm, D, **norm),
                 )

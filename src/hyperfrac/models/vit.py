@@ -100,8 +100,8 @@ class ViT(nn.Module):
                     causal=False,
                 ),
                 SwiGLU(D, hidden),
-                attn_conn=build_connection(cfg.connection, D, 2 * i),
-                ffn_conn=build_connection(cfg.connection, D, 2 * i + 1),
+                attn_conn=build_connection(cfg.connection, D, 2 * i, 2 * cfg.n_layers),
+                ffn_conn=build_connection(cfg.connection, D, 2 * i + 1, 2 * cfg.n_layers),
                 attn_norm=build_norm(cfg.norm, D, **norm),
                 ffn_norm=build_norm(cfg.norm, D, **norm),
             )
