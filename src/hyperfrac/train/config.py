@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from hyperfrac.data.prepare import CORPORA
-from hyperfrac.models.lm import LMConfig, MoEConfig
+from hyperfrac.models.lm import STREAM_HEADS, LMConfig, MoEConfig
 from hyperfrac.models.presets import preset_config
 from hyperfrac.models.vit import ViTConfig
 from hyperfrac.precision import PRECISIONS
@@ -296,6 +296,7 @@ CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
                   "parallel": ("ddp", "fsdp")},
     CheckpointConfig: {"format": ("auto", "full", "sharded")},
     LogConfig: {"progress": ("auto", "always", "never")},
+    LMConfig: {"stream_head": STREAM_HEADS},
 }
 """Allowed words of every enumerated string field, by section class."""
 
