@@ -41,3 +41,19 @@ def perturb(module: nn.Module, scale: float = 0.5, seed: int = 1) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+def assert_compiled_matches_eager(f, params, x: torch.Tensor) -> None:
+    """``torch.compile(f, fullgraph=True)`` gives eager's output and parameter gradients
+    (float64 inputs: to 1e-10 / 1e-9)."""
+    params = list(params)
+    eager = f(x)
+    eager.square().sum().backward()
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    compiled = torch.compile(f, fullgraph=True)(x)
+    compiled.square().sum().backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
+    for g, p in zip(grads, params, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)

@@ -8,7 +8,7 @@ from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.connections import KINDS, build, connection_class, options_for
 from hyperfrac.connections.registry import _factory_keywords
 
-from .helpers import mlp_branches, perturb
+from .helpers import assert_compiled_matches_eager, mlp_branches, perturb
 
 D = 16
 STREAM_KINDS = [
@@ -194,16 +194,7 @@ def test_compile_fullgraph_matches_eager(kind, opts):
             h = c(h, b)
         return conns[0].reduce(h)
 
-    x = torch.randn(2, 3, D, dtype=torch.float64)
-    eager = f(x)
-    eager.square().sum().backward()
-    grads = [p.grad.clone() for p in conns.parameters()]
-    conns.zero_grad()
-    compiled = torch.compile(f, fullgraph=True)(x)
-    compiled.square().sum().backward()
-    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
-    for g, p in zip(grads, conns.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
+    assert_compiled_matches_eager(f, conns.parameters(), torch.randn(2, 3, D, dtype=torch.float64))
 
 
 def _saved_bytes(fn):

@@ -20,7 +20,13 @@ from hyperfrac.connections.doubly_stochastic import kronecker_swap_mix, permutat
 from hyperfrac.models import build_preset
 
 from . import reference as ref
-from .helpers import build_stack, mlp_branches, perturb, run_stack
+from .helpers import (
+    assert_compiled_matches_eager,
+    build_stack,
+    mlp_branches,
+    perturb,
+    run_stack,
+)
 
 D, L = 12, 6
 CASES = [("mhc-lite", n) for n in (2, 3, 4, 5, 6)] + [("kromhc", n) for n in (2, 4, 8)]
@@ -213,16 +219,7 @@ def test_compile_fullgraph_matches_eager(kind, n):
     def f(x):
         return run_stack(conns, branches, x)
 
-    x = torch.randn(2, 3, D, dtype=torch.float64)
-    eager = f(x)
-    eager.square().sum().backward()
-    grads = [p.grad.clone() for p in conns.parameters()]
-    conns.zero_grad()
-    compiled = torch.compile(f, fullgraph=True)(x)
-    compiled.square().sum().backward()
-    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
-    for g, p in zip(grads, conns.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
+    assert_compiled_matches_eager(f, conns.parameters(), torch.randn(2, 3, D, dtype=torch.float64))
 
 
 # ----------------------------------------------------------------------------- errors
