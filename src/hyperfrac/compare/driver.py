@@ -367,7 +367,8 @@ def _machine() -> dict[str, Any]:
 def _done_steps(run_dir: Path) -> int:
     from hyperfrac.train.checkpoint import latest_checkpoint
 
-    p = latest_checkpoint(run_dir / "checkpoints")
+    # only for the time estimate: the trainer verifies the checkpoint it resumes from
+    p = latest_checkpoint(run_dir / "checkpoints", verify=False)
     if p is None:
         return 0
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -134,19 +135,30 @@ def load_token_bytes(path: Path, vocab_size: int) -> np.ndarray:
     return tb
 
 
+class TextDataset(NamedTuple):
+    """What :func:`validate_text_dataset` opened and checked (memmaps, no copies)."""
+
+    meta: dict
+    tokens: dict[str, np.memmap]  # split name -> token ids
+    token_bytes: np.ndarray
+
+
 def validate_text_dataset(
     path: Path, *, vocab_size: int, seq_len: int, splits: tuple[str, ...] = ("train", "val")
-) -> None:
+) -> TextDataset:
     """Everything a run needs of the dataset at ``path``, checked at start-up: parseable meta,
     a tokenizer no larger than the model's ``vocab_size`` (``model.vocab_size``), byte lengths
     for every id, and each of ``splits`` non-empty, consistent with meta.json, with ids below
-    the vocabulary and at least one window of ``seq_len + 1`` tokens (``data.seq_len``)."""
+    the vocabulary and at least one window of ``seq_len + 1`` tokens (``data.seq_len``).
+    Returns what it opened, so a caller does not open (and scan) it again."""
     meta = load_meta(path)
     if meta["vocab_size"] > vocab_size:
         raise ValueError(
             f"the tokenizer at {path} has {meta['vocab_size']} tokens but model.vocab_size="
             f"{vocab_size}; set model.vocab_size >= {meta['vocab_size']}"
         )
-    load_token_bytes(path, meta["vocab_size"])
-    for split in splits:
-        check_split_length(open_tokens(path, split), seq_len, split, path)
+    token_bytes = load_token_bytes(path, meta["vocab_size"])
+    tokens = {split: open_tokens(path, split) for split in splits}
+    for split, t in tokens.items():
+        check_split_length(t, seq_len, split, path)
+    return TextDataset(meta, tokens, token_bytes)

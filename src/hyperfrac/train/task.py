@@ -158,13 +158,7 @@ class LanguageModelTask(Task):
         prepare(d.corpus, d.vocab_size)
 
     def open_data(self) -> None:
-        from hyperfrac.data.dataset import (
-            is_ready,
-            load_meta,
-            load_token_bytes,
-            open_tokens,
-            validate_text_dataset,
-        )
+        from hyperfrac.data.dataset import is_ready, validate_text_dataset
 
         cfg, path = self.cfg, self.data_path
         if not is_ready(path):
@@ -173,11 +167,10 @@ class LanguageModelTask(Task):
                 f"{cfg.data.corpus} --vocab-size {cfg.data.vocab_size}` first, or point "
                 "data.path at a prepared dataset folder"
             )
-        validate_text_dataset(path, vocab_size=cfg.model.vocab_size, seq_len=cfg.data.seq_len)
-        self.meta = load_meta(path)
-        self.train_tokens = open_tokens(path, "train")
-        self.val_tokens = open_tokens(path, "val")
-        self.token_bytes = load_token_bytes(path, self.meta["vocab_size"])
+        data = validate_text_dataset(path, vocab_size=cfg.model.vocab_size,
+                                     seq_len=cfg.data.seq_len)
+        self.meta, self.token_bytes = data.meta, data.token_bytes
+        self.train_tokens, self.val_tokens = data.tokens["train"], data.tokens["val"]
         split = self.meta["splits"]["train"]
         self.bytes_per_token = split["bytes"] / split["tokens"]
 
