@@ -17,6 +17,9 @@ STREAM_KINDS = [
     ("fc", {"n_fracs": 2}),
     ("dfc", {"n_fracs": 4}),
     ("mhc", {"n_streams": 4}),
+    ("mhc", {"n_streams": 4, "flavor": "deepseek-v4"}),
+    ("mhc-lite", {"n_streams": 4}),
+    ("kromhc", {"n_streams": 4}),
 ]
 ALL_KINDS = [("residual", {}), ("postnorm", {})] + STREAM_KINDS
 
@@ -177,6 +180,9 @@ def test_bf16_state_matches_fp32_and_keeps_small_coefficients(kind, opts):
         ("dfc", {"n_fracs": 4}),
         ("hc", {"n_streams": 2}),
         ("mhc", {"n_streams": 4, "sinkhorn_iters": 3}),
+        ("mhc", {"n_streams": 4, "sinkhorn_iters": 3, "flavor": "deepseek-v4"}),
+        ("mhc-lite", {"n_streams": 3}),
+        ("kromhc", {"n_streams": 4}),
     ],
 )
 def test_compile_fullgraph_matches_eager(kind, opts):
