@@ -36,16 +36,22 @@ def band(values: Tensor, low: float = 0.05, high: float = 0.95) -> dict[str, lis
     return {"median": med.tolist(), "low": lo.tolist(), "high": hi.tolist()}
 
 
-def final_output_weights(matrices: list[Tensor]) -> dict[str, Tensor]:
+def final_output_weights(
+    matrices: list[Tensor], reduce: Tensor | None = None
+) -> dict[str, Tensor]:
     """Weight of the embedding and of every layer output in the model's final output.
 
     Follows where each output sits in the stream state after the last layer (the recursion of
-    HC Eq. 27 carried one layer further) and applies the connection's ``reduce``: HC / mHC sum
-    the streams (R = 1), FC joins the fractions (R = S, identity). Pre-Norm gives a row of
-    ones, HC×n at its Pre-Norm-equivalent init a row of n.
+    HC Eq. 27 carried one layer further) and applies the model's reduce: by default the
+    connection's own, HC / mHC sum the streams (R = 1), FC joins the fractions (R = S,
+    identity). Pre-Norm gives a row of ones, HC×n at its Pre-Norm-equivalent init a row of n.
+    A learned reduce (AttnRes' final read, DeepSeek-V4's HyperHead) is passed as ``reduce``.
 
     Args:
         matrices: L paper-layout matrices (..., S+1, R+S), as for the unfolded matrix.
+        reduce: the reduce as a matrix (..., R, S) (``reduce_weights`` of the module that
+            collapses the state), broadcast against the matrices' leading dims; None for the
+            connection's fixed sum / join.
     Returns:
         ``matrix`` (..., L+1, R, R) (output fraction x source fraction) and ``per_stream``
         (..., S, L+1, R, R), the part that leaves through each slot; it sums over S.
@@ -62,15 +68,23 @@ def final_output_weights(matrices: list[Tensor]) -> dict[str, Tensor]:
         q, beta = m[..., 1:, r:], m[..., 0, r:]  # Q (..., S, S), beta (..., S)
         carried = [q.transpose(-1, -2) @ mj for mj in carried]
         carried.append(beta.unsqueeze(-1) * e)
-    # reduce (R, S): sum of the streams (R = 1) or the fractions joined in order (R = S)
-    red = torch.ones(1, s, dtype=torch.float64) if r == 1 else torch.eye(s, dtype=torch.float64)
-    per = torch.stack([red.T.unsqueeze(-1) * mj.unsqueeze(-2) for mj in carried], -3)
+    if reduce is None:  # (R, S): sum of the streams (R = 1) or the fractions joined (R = S)
+        red = torch.ones(1, s, dtype=torch.float64) if r == 1 else torch.eye(s, dtype=torch.float64)
+    else:
+        red = reduce.double()
+        if tuple(red.shape[-2:]) != (r, s):
+            raise ValueError(f"reduce has shape {tuple(red.shape)}, expected (..., {r}, {s})")
+    red_t = red.transpose(-1, -2).unsqueeze(-1)  # (..., S, R, 1): entry [i, a] = red[a, i]
+    per = torch.stack([red_t * mj.unsqueeze(-2) for mj in carried], -3)
     # per: (..., S, L+1, R, R) with entry [i, j, a, b] = red[a, i] * M_j[i, b]
     return {"matrix": per.sum(-4), "per_stream": per}
 
 
-def connection_summary(matrices: list[Tensor]) -> dict[str, Tensor]:
-    """Token-averaged unfolded matrices and Amax gains from per-token matrices (N, S+1, R+S).
+def connection_summary(
+    matrices: list[Tensor], reduce: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Token-averaged unfolded matrices and Amax gains from per-token matrices (N, S+1, R+S);
+    ``reduce`` (N, R, S) is a learned reduce per token (:func:`final_output_weights`).
 
     Unfolding is done per token and then averaged (the expected weight of each earlier output
     in each layer input). Returns ``unfolded`` (L, L+1, R, R), ``unfolded_per_stream``
@@ -78,7 +92,7 @@ def connection_summary(matrices: list[Tensor]) -> dict[str, Tensor]:
     (S, L+1, R, R), and the four Amax gain curves (L,).
     """
     u = unfolded_connection_matrix(matrices)
-    f = final_output_weights(matrices)
+    f = final_output_weights(matrices, reduce)
     g = amax_gain(matrices)
     out = {"unfolded": u["matrix"].mean(0), "unfolded_per_stream": u["per_stream"].mean(0),
            "final": f["matrix"].mean(0), "final_per_stream": f["per_stream"].mean(0)}

@@ -38,7 +38,11 @@ class ConnectionProbe:
         self.model = model
         self.max_tokens = max_tokens
         self.records: list[ProbeRecord] = []
+        #: (N, R, S) per token, when the model collapses the state with a learned reduce (a
+        #: module with ``reduce_weights``: AttnRes' final read, HyperHead); None for a fixed sum.
+        self.reduce: Tensor | None = None
         self._handles: list = []
+        self._patched: list[nn.Module] = []
 
     def _select(self, n: int) -> Tensor:
         if self.max_tokens is None or n <= self.max_tokens:
@@ -64,11 +68,37 @@ class ConnectionProbe:
 
         return hook
 
+    def _record_reduce(self, module: nn.Module, h: Tensor) -> None:
+        with torch.no_grad():
+            w = module.reduce_weights(h)  # (..., R, S)
+        w = w.reshape(-1, *w.shape[-2:])  # (N, R, S)
+        self.reduce = w[self._select(w.shape[0])].detach().double().cpu()
+
+    def _watch_reduce(self, module: nn.Module) -> None:
+        """Record the learned reduce's weights whenever the model collapses the state: a
+        forward hook on a head module, a wrapper on a connection's ``reduce`` method (an
+        instance attribute, removed on exit)."""
+        if not isinstance(module, Connection):
+            self._handles.append(module.register_forward_hook(
+                lambda mod, args, out: self._record_reduce(mod, args[0])))
+            return
+        method = module.reduce
+
+        def reduce(h: Tensor) -> Tensor:
+            self._record_reduce(module, h)
+            return method(h)
+
+        module.reduce = reduce
+        self._patched.append(module)
+
     def __enter__(self) -> ConnectionProbe:
         self.records.clear()
+        self.reduce = None
         for name, module in self.model.named_modules():
             if isinstance(module, Connection):
                 self._handles.append(module.register_forward_hook(self._hook(name)))
+            if callable(getattr(module, "reduce_weights", None)):
+                self._watch_reduce(module)
         if not self._handles:
             raise ValueError("the model has no hyperfrac connection modules to probe")
         return self
@@ -77,6 +107,9 @@ class ConnectionProbe:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module in self._patched:
+            del module.reduce  # back to the class's method
+        self._patched.clear()
 
     # convenience views
     @property

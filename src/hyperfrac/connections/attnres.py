@@ -256,6 +256,11 @@ class AttentionResidual(Connection):
             q, g = self.pseudo_query, self.norm_weight
         return attend(self._to_last(h), q, g, self.eps)[1]
 
+    def reduce_weights(self, h: Tensor) -> Tensor:
+        """The final read as a (..., R=1, S) matrix over the sources (layer_idx=0 only): what
+        the analyses use for the final output's row instead of the streams' sum."""
+        return self.attention_weights(h, final=True).unsqueeze(-2)
+
     def connection_matrix(self, h: Tensor | None = None) -> Tensor:
         """HC paper layout over the fixed 1 + ceil(L/k) slots, one per token:
         (..., S+1, 1+S) = [[0, beta], [alpha padded, diag(filled)]] (module docstring).

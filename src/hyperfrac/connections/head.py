@@ -68,6 +68,10 @@ class HyperHead(nn.Module):
             mixes = F.linear(flat, self.hc_fn.to(cdt))  # (..., n)
             return torch.sigmoid(mixes * self.hc_scale.to(cdt) + self.hc_base.to(cdt)) + self.eps
 
+    def reduce_weights(self, h: Tensor) -> Tensor:
+        """The collapse as a (..., R=1, S=n) matrix, for the analyses' final-output row."""
+        return self.weights(h).unsqueeze(-2)
+
     def forward(self, h: Tensor) -> Tensor:
         w = self.weights(h)
         cdt = w.dtype
