@@ -14,14 +14,22 @@ def test_bench_connections_writes_json_and_markdown(tmp_path):
     out = tmp_path / "bench.json"
     rc = main(["bench", "connections", "--modes", "eager", "--layers", "2", "--dim", "32",
                "--batch", "2", "--seq", "8", "--warmup", "0", "--rounds", "2",
-               "--variants", "dhc x4,dfc x4,mhc x4,dhc x4 rc", "--out", str(out)])
+               "--variants", "dhc x4,dfc x4,mhc x4,dhc x4 rc,mhc-v4 x4,mhc-lite x4,kromhc x4,"
+               "attnres b2", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {"residual", "dhc x4", "dfc x4", "mhc x4", "dhc x4 rc"}
+    assert set(rows) == {"residual", "dhc x4", "dfc x4", "mhc x4", "dhc x4 rc", "mhc-v4 x4",
+                         "mhc-lite x4", "kromhc x4", "attnres b2"}
     assert rows["residual"]["ratio"] == 1.0
+    base = rows["residual"]["times_ms"]
     for r in rows.values():
         assert len(r["times_ms"]) == 2 and r["median_ms"] > 0
+        # ratios are paired within each round
+        paired = [a / b for a, b in zip(r["times_ms"], base, strict=True)]
+        assert r["ratio_rounds"] == pytest.approx(paired, rel=1e-2)
+        assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+        assert r["minor_faults_per_step"] >= 0
     # recomputation drops the branch input from the saved activations
     x_bytes = 2 * 8 * 32 * 4  # one branch input per layer, float32
     assert rows["dhc x4"]["saved_bytes"] - rows["dhc x4 rc"]["saved_bytes"] >= 2 * x_bytes

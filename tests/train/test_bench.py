@@ -25,6 +25,13 @@ def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
     assert res["kind"] == "residual" and res["speed_ratio"] == 1.0 and dhc["kind"] == "DHC×4"
     assert len(dhc["tok_per_s_rounds"]) == 2 and dhc["tok_per_s"] > 0
     assert 0 <= dhc["clean_rounds"] <= 2 and len(dhc["other_cpu_share_rounds"]) == 2
+    # the ratio is paired within each round, not a ratio of medians
+    pairs = zip(dhc["tok_per_s_rounds"], res["tok_per_s_rounds"], strict=True)
+    per_round = [a / b for a, b in pairs]
+    assert dhc["speed_ratio_rounds"] == pytest.approx(per_round)
+    assert dhc["speed_ratio_min"] <= dhc["speed_ratio"] <= dhc["speed_ratio_max"]
+    if dhc["clean_rounds"] in (0, 2):  # every round used
+        assert dhc["speed_ratio"] == pytest.approx(sum(per_round) / 2)
     # four streams of width D are saved per sublayer: more activation memory than residual
     assert dhc["saved_mb"] > 1.2 * res["saved_mb"]
     assert res["peak_mb"] > 0

@@ -2,9 +2,16 @@
 
 Every variant wraps the *same* branch weights: LayerNorm -> Linear(D, 4D) -> GELU -> Linear(4D, D),
 then a final LayerNorm and a mean-square loss. All variants are built first and timed in
-interleaved rounds (so drift in machine speed hits all of them alike); we report the median
-and the ratio to our residual stack measured in the same run. The peer is the PyPI package
+interleaved rounds (so drift in machine speed hits all of them alike). The ratio to our
+residual stack is paired within each round and summarised over rounds (median, range, a
+distribution-free 95 % interval of the median; :mod:`hyperfrac.bench.rounds`); rounds where
+other processes used more than 10 % of the CPUs are left out. The peer is the PyPI package
 ``hyper-connections`` (lucidrains), when installed.
+
+The allocator is made steady first (:func:`hyperfrac.bench.allocator.steady_allocator`) and
+the minor page faults of each timed step are reported: with glibc's default trimming and
+mmap thresholds the peer's HC×4 step (841 MiB saved) paid 0.1-0.4 M page faults per step
+depending on what had run before it in the process, which moved its ratio from 1.7 to 4.5.
 
 Variants marked "rc" use ``recompute=True``: the branch input is rebuilt in backward.
 "saved MiB" is the total size of the distinct storages autograd keeps for backward, excluding
@@ -29,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios
 from hyperfrac.connections import build
 
 # Issue #2 targets, ratio to our residual.
@@ -124,6 +133,9 @@ def _peer_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
 
 
 def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
+    def attnres(b: nn.ModuleList, d: int) -> nn.Module:
+        return OursStack(b, "attnres", d, block_size=2, n_sublayers=len(b))
+
     return {
         "residual": lambda b, d: OursStack(b, "residual", d),
         "hc x4": lambda b, d: OursStack(b, "hc", d, n_streams=4),
@@ -136,6 +148,10 @@ def our_variants() -> dict[str, Callable[[nn.ModuleList, int], nn.Module]]:
         "dhc x4 rc": lambda b, d: OursStack(b, "dhc", d, n_streams=4, recompute=True),
         "dfc x4 rc": lambda b, d: OursStack(b, "dfc", d, n_fracs=4, recompute=True),
         "mhc x4 rc": lambda b, d: OursStack(b, "mhc", d, n_streams=4, recompute=True),
+        "mhc-v4 x4": lambda b, d: OursStack(b, "mhc", d, n_streams=4, flavor="deepseek-v4"),
+        "mhc-lite x4": lambda b, d: OursStack(b, "mhc-lite", d, n_streams=4),
+        "kromhc x4": lambda b, d: OursStack(b, "kromhc", d, n_streams=4),
+        "attnres b2": attnres,
     }
 
 
@@ -151,13 +167,16 @@ class Result:
     name: str
     mode: str
     times_ms: list[float] = field(default_factory=list)
+    others: list[float | None] = field(default_factory=list)  # neighbours' CPU share per round
+    faults: list[int] = field(default_factory=list)  # minor page faults per timed step
     saved_mib: float = 0.0
     extra_params: int = 0
     compile_s: float = 0.0
 
     @property
     def median_ms(self) -> float:
-        return statistics.median(self.times_ms)
+        clean = [t for t, o in zip(self.times_ms, self.others, strict=True) if not dirty(o)]
+        return statistics.median(clean or self.times_ms)
 
 
 def _step(model: nn.Module, x: Tensor) -> None:
@@ -172,12 +191,20 @@ def _time(models: dict[str, nn.Module], results: dict[str, Result], x: Tensor, *
     """Interleaved rounds: round i times every variant once (drift hits all alike)."""
     for i in range(warmup + rounds):
         for name, model in models.items():
-            t0 = time.perf_counter()
-            _step(model, x)
+            f0 = minor_faults()
+            with OtherLoad() as load:
+                _step(model, x)
             if i >= warmup:
-                results[name].times_ms.append((time.perf_counter() - t0) * 1e3)
+                r = results[name]
+                r.times_ms.append(load.wall * 1e3)
+                r.others.append(load.share)
+                r.faults.append(minor_faults() - f0)
         print(f"  [{mode}] round {i + 1}/{warmup + rounds}", end="\r", flush=True)
     print()
+    n_dirty = sum(dirty(o) for r in results.values() for o in r.others)
+    if n_dirty:
+        print(f"  [{mode}] {n_dirty} timed step(s) ran while other processes used more than "
+              f"{100 * CONTENDED:.0f}% of the CPUs; their rounds are left out of the ratios")
 
 
 def _select(variants: dict, wanted: str) -> dict:
@@ -214,6 +241,7 @@ def run(
         if mode not in ("eager", "compiled"):
             raise SystemExit(f"unknown mode {mode!r}; use eager and/or compiled")
     torch.set_num_threads(threads)
+    steady = steady_allocator()
     torch.manual_seed(0)
     base = nn.ModuleList(mlp_branch(dim, 4 * dim) for _ in range(layers))
     n_branch_params = sum(p.numel() for p in base.parameters()) + 2 * dim
@@ -221,7 +249,8 @@ def run(
     chosen = _select(chosen, variants)
     x = torch.randn(batch, seq, dim)
     machine = {"torch": torch.__version__, "machine": platform.machine(),
-               "processor": platform.processor() or platform.machine()}
+               "processor": platform.processor() or platform.machine(),
+               "steady_allocator": steady}
     report: dict = {"config": config | machine, "results": []}
     for mode in modes.split(","):
         models: dict[str, nn.Module] = {}
@@ -259,32 +288,49 @@ def markdown_table(report: dict) -> str:
         f"input ({cfg['batch']}, {cfg['seq']}, {cfg['dim']}), {cfg['rounds']} rounds "
         f"(median), {cfg['processor']}",
         "",
-        "| mode | variant | median ms | ratio | target | peer ratio | overhead / peer's "
-        "| saved MiB | saved ratio | extra params |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | variant | median ms | ratio [range over rounds] | target | peer ratio [range] "
+        "| overhead / peer's | saved MiB | saved ratio | extra params | page faults / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         target = r.get("target", "")
         if target:
             target = f"≤ {target} {'✓' if r['meets_target'] else '✗'}"
+        peer = ""
+        if "peer_ratio" in r:
+            peer = f"{r['peer_ratio']:.2f} [{r['peer_ratio_min']:.2f}–{r['peer_ratio_max']:.2f}]"
         lines.append(
-            f"| {r['mode']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f} | "
-            f"{target} | {r.get('peer_ratio', '')} | {r.get('overhead_vs_peer', '')} | "
-            f"{r['saved_mib']:.1f} | {r['saved_ratio']:.2f} | {r['extra_params']} |"
+            f"| {r['mode']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f} "
+            f"[{r['ratio_min']:.2f}–{r['ratio_max']:.2f}] | {target} | {peer} | "
+            f"{r.get('overhead_vs_peer', '')} | {r['saved_mib']:.1f} | {r['saved_ratio']:.2f} | "
+            f"{r['extra_params']} | {r['minor_faults_per_step']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _paired(r: Result, ref: Result) -> dict:
+    return paired_ratios(r.times_ms, ref.times_ms, r.others, ref.others)
 
 
 def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
     ref = results["residual"]
     rows = []
     for name, r in results.items():
-        ratio = r.median_ms / ref.median_ms
+        stats = _paired(r, ref)
+        ratio = stats["median"]
         row = {
             "variant": name,
             "mode": mode,
             "median_ms": round(r.median_ms, 2),
             "ratio": round(ratio, 3),
+            "ratio_min": round(stats["min"], 3),
+            "ratio_max": round(stats["max"], 3),
+            "ratio_ci95": stats["ci95"] and [round(c, 3) for c in stats["ci95"]],
+            "ratio_ci_level": stats["ci_level"],
+            "ratio_rounds": [round(v, 3) for v in stats["rounds"]],
+            "clean_rounds": stats["clean_rounds"],
+            "minor_faults_per_step": statistics.median(r.faults),
+            "other_cpu_share_rounds": r.others,
             "saved_mib": round(r.saved_mib, 1),
             "saved_bytes": int(r.saved_mib * 2**20),
             "saved_ratio": round(r.saved_mib / ref.saved_mib, 3),
@@ -298,25 +344,32 @@ def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
             row["meets_target"] = ratio <= target
         peer = PEER_OF.get(name)
         if peer in results:
-            peer_ratio = results[peer].median_ms / ref.median_ms
+            peer_stats = _paired(results[peer], ref)
+            peer_ratio = peer_stats["median"]
             row["peer_ratio"] = round(peer_ratio, 3)
+            row["peer_ratio_min"] = round(peer_stats["min"], 3)
+            row["peer_ratio_max"] = round(peer_stats["max"], 3)
             row["overhead_vs_peer"] = round((ratio - 1) / max(peer_ratio - 1, 1e-9), 3)
             row["half_peer_overhead"] = (ratio - 1) <= 0.5 * (peer_ratio - 1)
         rows.append(row)
     return rows
 
 
+def _spread(row: dict) -> str:
+    return f"{row['ratio']:.2f} [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}]"
+
+
 def _print_table(report: dict) -> None:
     head = (
-        f"{'mode':<9}{'variant':<15}{'median ms':>10}{'ratio':>8}{'target':>8}"
-        f"{'peer':>7}{'ovh/peer':>9}{'saved MiB':>10}{'x res':>7}{'+params':>9}"
+        f"{'mode':<9}{'variant':<15}{'median ms':>10}{'ratio [range]':>19}{'target':>8}"
+        f"{'peer':>7}{'ovh/peer':>9}{'saved MiB':>10}{'x res':>7}{'+params':>9}{'faults':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in report["results"]:
         print(
-            f"{r['mode']:<9}{r['variant']:<15}{r['median_ms']:>10.1f}{r['ratio']:>8.2f}"
+            f"{r['mode']:<9}{r['variant']:<15}{r['median_ms']:>10.1f}{_spread(r):>19}"
             f"{r.get('target', ''):>8}{r.get('peer_ratio', ''):>7}"
             f"{r.get('overhead_vs_peer', ''):>9}{r['saved_mib']:>10.1f}"
-            f"{r['saved_ratio']:>7.2f}{r['extra_params']:>9}"
+            f"{r['saved_ratio']:>7.2f}{r['extra_params']:>9}{r['minor_faults_per_step']:>8.0f}"
         )

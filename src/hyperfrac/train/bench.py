@@ -3,8 +3,10 @@
 For each connection (default: residual, DHC×4, DFC×4, mHC×4) on one model preset (default
 ``cpu-6x256``), a full training step (forward, backward, clip, AdamW) on random tokens is
 timed. Kinds are measured in *interleaved rounds* (round r times every kind once, so slow
-drifts of the machine hit all kinds alike) and the median over rounds is reported, as tokens/s
-and as a ratio to residual.
+drifts of the machine hit all kinds alike). The ratio to the baseline (the first kind) is
+paired **within each round** (tokens/s of the kind in round r over the baseline's in round r)
+and summarised over rounds: median, range and a distribution-free 95 % interval of the median
+(:mod:`hyperfrac.bench.rounds`). Tokens/s are reported as the median over clean rounds.
 
 Memory, per kind:
 
@@ -17,8 +19,14 @@ Memory, per kind:
 
 Contamination check (Linux): during every timed segment the CPU time of all other processes
 is read from ``/proc/stat``; the largest share of the machine they used is reported as
-``max_other_cpu_share``; segments where they used more than 10 % are marked ``*`` and left
-out of the medians (unless a kind has no clean segment).
+``max_other_cpu_share``; segments where they used more than 10 % are marked ``*``, and a round
+whose kind or baseline segment is marked is left out of that kind's ratio (unless no round
+is clean: then all are used and ``clean_rounds`` is 0).
+
+The timing process keeps freed memory (:func:`hyperfrac.bench.allocator.steady_allocator`), so
+no kind pays page faults for memory the allocator returned to the OS after another kind's
+step; the minor page faults per timed step are reported (``minor_faults_per_step``). The
+peak-RSS subprocess runs with glibc's defaults, as a training process does.
 
 Writes JSON (``out``) and prints a table. Library entry: :func:`run_train_bench` (keyword
 arguments); ``hyperfrac bench train`` maps its flags onto them.
@@ -27,20 +35,20 @@ arguments); ``hyperfrac bench train`` maps its flags onto them.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
 from hyperfrac.connections import connection_class, validate_spec
 from hyperfrac.precision import autocast as precision_autocast
 
@@ -105,9 +113,10 @@ class _Arm:
         self.y = torch.randint(0, V, shape, generator=g).to(device)
         self.rates: list[float] = []
         self.others: list[float | None] = []
+        self.faults: list[float] = []  # minor page faults per step, per round
 
     def clean_rates(self) -> list[float]:
-        return [r for r, o in zip(self.rates, self.others, strict=True) if not _dirty(o)]
+        return [r for r, o in zip(self.rates, self.others, strict=True) if not dirty(o)]
 
     def step(self) -> None:
         ctx = precision_autocast(self.device.type, self.settings.precision)
@@ -154,41 +163,15 @@ def _probe_main() -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
 
 
-CONTENDED = 0.1
-"""Share of the machine's CPUs used by other processes above which a timing is discarded."""
-
-
-def _dirty(others: float | None) -> bool:
-    return others is not None and others > CONTENDED
-
-
-def _busy_seconds() -> float | None:
-    """CPU-seconds all processes spent busy (Linux /proc/stat), or None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
     """Seconds for ``steps`` steps, and the share of the machine's CPUs other processes
-    kept busy meanwhile (None where unknown). A share above ~0.1 means the timing is
-    contaminated by a neighbour."""
+    kept busy meanwhile (None where unknown; above ~0.1 the timing is contaminated)."""
     arm.sync()
-    busy0, cpu0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
-    for _ in range(steps):
-        arm.step()
-    arm.sync()
-    wall = time.perf_counter() - t0
-    busy1, cpu1 = _busy_seconds(), time.process_time()
-    if busy0 is None or busy1 is None:
-        return wall, None
-    others = max((busy1 - busy0) - (cpu1 - cpu0), 0.0)
-    # /proc/stat counts 10 ms ticks: on segments of a few ms the share is coarse; clamp it.
-    return wall, min(others / (wall * (os.cpu_count() or 1)), 1.0)
+    with OtherLoad() as load:
+        for _ in range(steps):
+            arm.step()
+        arm.sync()
+    return load.wall, load.share
 
 
 def _check_counts(**counts: tuple[Any, int]) -> None:
@@ -202,29 +185,33 @@ def _time_rounds(arms: list[_Arm], *, steps: int, rounds: int, tokens: int) -> N
     """Interleaved rounds: each round times every arm once (drift hits all kinds alike)."""
     for r in range(rounds):
         for arm in arms:
+            f0 = minor_faults()
             wall, others = _timed(arm, steps)
+            arm.faults.append((minor_faults() - f0) / steps)
             arm.rates.append(steps * tokens / wall)
             arm.others.append(others)
         print(
             f"[bench train] round {r + 1}/{rounds}: "
             + ", ".join(
-                f"{label(a.conn)} {a.rates[-1]:.0f}" + ("*" if _dirty(a.others[-1]) else "")
+                f"{label(a.conn)} {a.rates[-1]:.0f}" + ("*" if dirty(a.others[-1]) else "")
                 for a in arms
             )
             + " tok/s",
             file=sys.stderr,
         )
-    n_dirty = sum(_dirty(o) for a in arms for o in a.others)
+    n_dirty = sum(dirty(o) for a in arms for o in a.others)
     if n_dirty:
         print(
             f"[bench train] {n_dirty} timed segment(s) (*) ran while other processes used more "
-            f"than {100 * CONTENDED:.0f}% of the CPUs; medians use the clean segments of each "
-            "kind (all of them where none is clean: then rerun on a quiet machine)",
+            f"than {100 * CONTENDED:.0f}% of the CPUs; ratios use the rounds where neither the "
+            "kind nor the baseline is marked (all rounds where none is clean: then rerun on a "
+            "quiet machine)",
             file=sys.stderr,
         )
 
 
-def _row(arm: _Arm, *, memory: bool) -> dict[str, Any]:
+def _row(arm: _Arm, base: _Arm, *, memory: bool) -> dict[str, Any]:
+    ratio = paired_ratios(arm.rates, base.rates, arm.others, base.others)
     row: dict[str, Any] = {
         "kind": label(arm.conn),
         "connection": arm.conn,
@@ -232,7 +219,14 @@ def _row(arm: _Arm, *, memory: bool) -> dict[str, Any]:
         "tok_per_s": statistics.median(arm.clean_rates() or arm.rates),
         "tok_per_s_rounds": arm.rates,
         "other_cpu_share_rounds": arm.others,
-        "clean_rounds": len(arm.clean_rates()),
+        "speed_ratio": ratio["median"],
+        "speed_ratio_min": ratio["min"],
+        "speed_ratio_max": ratio["max"],
+        "speed_ratio_ci95": ratio["ci95"],
+        "speed_ratio_ci_level": ratio["ci_level"],
+        "speed_ratio_rounds": ratio["rounds"],
+        "clean_rounds": ratio["clean_rounds"],
+        "minor_faults_per_step": statistics.median(arm.faults),
     }
     if memory:
         row["saved_mb"] = arm.saved_bytes() / 2**20
@@ -275,6 +269,7 @@ def run_train_bench(
     dev = resolve_device(device)
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
+    steady = steady_allocator()
     settings = ArmSettings(preset, batch_size, seq_len, precision, bool(compile), threads)
     arms = [_Arm(c, settings, dev) for c in conns]
     print(
@@ -288,10 +283,9 @@ def run_train_bench(
             arm.step()
         arm.sync()
     _time_rounds(arms, steps=steps, rounds=rounds, tokens=batch_size * seq_len)
-    rows = [_row(arm, memory=memory) for arm in arms]
+    rows = [_row(arm, arms[0], memory=memory) for arm in arms]
     base = rows[0]
     for row in rows:
-        row["speed_ratio"] = row["tok_per_s"] / base["tok_per_s"]
         for key in ("saved_mb", "peak_mb"):
             if key in row:
                 row[key.replace("_mb", "_ratio")] = row[key] / base[key]
@@ -309,6 +303,7 @@ def run_train_bench(
             if dev.type == "cuda"
             else "peak RSS of a fresh subprocess (includes the runtime)"
         ),
+        "steady_allocator": steady,
         "max_other_cpu_share": max((o or 0.0 for a in arms for o in a.others), default=0.0),
         "rows": rows,
     }
@@ -322,7 +317,7 @@ def run_train_bench(
 
 def _print_table(result: dict[str, Any]) -> None:
     mem = "saved_mb" in result["rows"][0]
-    head = f"{'connection':<10} {'params':>10} {'tok/s':>9} {'× res':>6}"
+    head = f"{'connection':<10} {'params':>10} {'tok/s':>9} {'× res [range over rounds]':>26}"
     if mem:
         head += f" {'saved MB':>9} {'× res':>6} {'peak MB':>8} {'× res':>6}"
     print(head)
@@ -330,7 +325,7 @@ def _print_table(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         line = (
             f"{r['kind']:<10} {r['params'] / 1e6:>9.2f}M {r['tok_per_s']:>9.0f} "
-            f"{r['speed_ratio']:>6.2f}"
+            f"{spread(_ratio_stats(r)):>26}"
         )
         if mem:
             line += (
@@ -338,6 +333,11 @@ def _print_table(result: dict[str, Any]) -> None:
                 f"{r['peak_ratio']:>6.2f}"
             )
         print(line)
+
+
+def _ratio_stats(row: dict[str, Any]) -> dict[str, float]:
+    return {"median": row["speed_ratio"], "min": row["speed_ratio_min"],
+            "max": row["speed_ratio_max"]}
 
 
 def main(argv: list[str] | None = None) -> int:
