@@ -234,3 +234,41 @@ def test_ddp_grad_accum_matches_single_and_reduces_once_per_step(
     assert info["reduced_at_steps"] == list(range(STEPS))
     ckpt = tmp_path / "ddp" / "checkpoints" / "step_00000006"  # full format, written by rank 0
     assert (ckpt / "model.pt").is_file() and not (ckpt / "dcp").exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "{kind: mhc, n_streams: 4, flavor: deepseek-v4}",
+        "{kind: mhc-lite, n_streams: 3}",
+        "{kind: kromhc, n_streams: 4}",
+        "{kind: attnres, block_size: 2}",
+    ],
+    ids=["mhc-v4", "mhc-lite", "kromhc", "attnres"],
+)
+def test_fsdp_trains_the_2026_kinds_as_one_process(
+    tmp_path: Path, tiny_dataset: Path, spec: str
+) -> None:
+    """FSDP2 on 2 ranks shards every parameter of the 2026 connections on dim 0 (no 0-d
+    parameter) and trains them exactly as one process does (same global batch)."""
+    conn = f"model.connection={spec}"
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml", [*_overrides(tiny_dataset, tmp_path, "one", 8, 1), conn]
+    )
+    one = Trainer(cfg)
+    init = {n: p.detach().clone() for n, p in one.model.named_parameters()}
+    one.fit()
+    report = tmp_path / "fsdp.json"
+    over = _overrides(tiny_dataset, tmp_path, "fsdp", 2, 2, "train.parallel=fsdp", conn)
+    info = _spawn(over, report)
+    _assert_close(_losses(tmp_path / "fsdp"), _losses(tmp_path / "one"), range(1, STEPS + 1),
+                  rel=1e-5)
+    sharded = {n: s for n, s in info["sharding"].items() if "_conn." in n}
+    assert sharded and all(s["shard0"] for s in sharded.values())
+    full = torch.load(str(report) + ".pt", weights_only=True)
+    conn = {n: p.detach() for n, p in one.model.named_parameters() if "_conn." in n}
+    moved = {n for n, p in conn.items() if not torch.equal(init[n], p)}
+    assert moved and ("attnres" not in spec or "blocks.0.attn_conn.final_query" in moved)
+    for name, p in conn.items():  # every connection parameter exactly as in one process
+        torch.testing.assert_close(full[name], p, rtol=1e-4, atol=1e-5, msg=name)

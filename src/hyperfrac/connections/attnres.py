@@ -159,6 +159,10 @@ class AttentionResidual(Connection):
             if g is not None:
                 g.fill_(1.0)
 
+    @property
+    def ends_use_parameters(self) -> bool:
+        return self.final_query is not None  # reduce() is the final read
+
     # ------------------------------------------------------------------ layout
     @property
     def _k(self) -> int:

@@ -69,6 +69,13 @@ class Connection(nn.Module):
         """Parameters this module adds to the branches (the plain residual adds none)."""
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def ends_use_parameters(self) -> bool:
+        """True when ``expand`` or ``reduce`` read this module's parameters (AttnRes' final
+        read): the model calls them outside the block's forward, so FSDP2 must gather them
+        there too (:func:`hyperfrac.train.parallel.apply_fsdp`)."""
+        return False
+
     def expand(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 

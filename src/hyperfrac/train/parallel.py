@@ -12,8 +12,10 @@ model to :func:`parallelize`, which either
   and scales, so the optimizer state is sharded too.
 
 Connections keep their parameters inside the block that uses them, so a block's forward sees
-them unsharded. The stream ``expand``/``reduce`` the model calls at the root hold no
-parameters, so calling them outside a block's forward is safe.
+them unsharded. The stream ``expand``/``reduce`` the model calls at the root usually hold no
+parameters; a connection whose ends do (``ends_use_parameters``: AttnRes' final read lives in
+the layer-0 connection) becomes its own FSDP unit with ``expand``/``reduce`` registered as
+forward methods, so they too run on gathered parameters and their gradients are reduced.
 
 Gradient accumulation: :func:`grad_sync` turns off the all-reduce (DDP ``no_sync``) or the
 reduce-scatter (FSDP2 ``set_requires_gradient_sync(False)``) on every micro-batch but the last.
@@ -43,13 +45,20 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
 
 def apply_fsdp(model: nn.Module) -> nn.Module:
     """``fully_shard`` each block, then the root (in place; returns ``model``)."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from hyperfrac.connections import Connection
 
     # A block returns its stream state as a view (reshape of the connection output). FSDP2 warns
     # because an in-place op on such a view would skip its pre-backward hook; nothing in the
     # model zoo modifies a block output in place (gradients equal one process's, tested).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for block in _blocks(model):
+        for module in block.modules():
+            if isinstance(module, Connection) and module.ends_use_parameters:
+                fully_shard(module)
+                for method in ("expand", "reduce"):
+                    register_fsdp_forward_method(module, method)
         fully_shard(block)
     fully_shard(model)
     return model
