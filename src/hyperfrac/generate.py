@@ -8,6 +8,10 @@ sequence each step. Both draw the same random numbers, so they give the same tok
 MoE models with a capacity factor drop tokens depending on how many share a forward pass, so
 generate with ``capacity_factor=None`` (dropless) for results that do not depend on the cache.
 
+Prompts of different lengths go in one padded batch with ``attention_mask`` (B, T), 1 for real
+tokens and 0 for pads (left padding, so every row's next token is at the end); each row then
+gets the tokens it would get alone (greedy; tested).
+
     from hyperfrac.generate import generate
     out = generate(model, idx, max_new_tokens=50, temperature=0.8, top_k=50, top_p=0.95,
                    generator=torch.Generator().manual_seed(0))     # (B, T + new)
@@ -69,14 +73,26 @@ def generate(
     top_p: float | None = None,
     use_cache: bool = True,
     eos_id: int | None = None,
+    attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Append up to ``max_new_tokens`` sampled tokens to ``idx`` (B, T); returns (B, T + new).
 
-    Stops early once every sequence has produced ``eos_id``. The model is put in eval mode.
+    Stops early once every sequence has produced ``eos_id``; a finished row keeps emitting
+    ``eos_id``. ``attention_mask`` (B, T): a left-padded batch (module docstring). The model is
+    put in eval mode.
     """
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be (B, T) token ids with T >= 1, got shape {tuple(idx.shape)}")
+    if attention_mask is not None:
+        if attention_mask.shape != idx.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, idx {tuple(idx.shape)}"
+            )
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate needs left padding: the last prompt token of every row "
+                             "must be real (attention_mask[:, -1] == 1)")
+        attention_mask = attention_mask.long()
     max_len = getattr(getattr(model, "cfg", None), "max_seq_len", None)
     if max_len is not None and idx.shape[1] + max_new_tokens > max_len:
         raise ValueError(
@@ -87,11 +103,14 @@ def generate(
     cache = KVCache() if use_cache else None
     out, step_input = idx, idx
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    mask_kw: dict[str, Tensor] = {}
     for _ in range(max_new_tokens):
+        if attention_mask is not None:
+            mask_kw = {"attention_mask": attention_mask}
         if cache is not None:
-            logits = model(step_input, cache=cache).logits[:, -1]  # (B, V)
+            logits = model(step_input, cache=cache, **mask_kw).logits[:, -1]  # (B, V)
         else:
-            logits = model(out).logits[:, -1]  # (B, V)
+            logits = model(out, **mask_kw).logits[:, -1]  # (B, V)
         tok = sample_next(
             logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )  # (B, 1)
@@ -99,6 +118,8 @@ def generate(
             tok = tok.masked_fill(done.unsqueeze(1), eos_id)  # finished rows keep emitting EOS
             done |= tok.squeeze(1) == eos_id
         out, step_input = torch.cat([out, tok], dim=1), tok
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, torch.ones_like(tok)], dim=1)
         if eos_id is not None and bool(done.all()):
             break
     return out

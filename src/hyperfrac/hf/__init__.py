@@ -9,6 +9,9 @@ Importing this package registers the ``hyperfrac`` model type with ``AutoConfig`
 
 Folders written by :func:`save_hf` (``hyperfrac export``, ``hyperfrac convert``) also load
 without hyperfrac, with ``trust_remote_code=True``. Needs ``pip install "hyperfrac[hf]"``.
+
+Fine-tuning with ``transformers.Trainer``: :class:`HyperfracTrainer` (hyperfrac's weight-decay
+groups; :mod:`hyperfrac.hf.training`), loaded on first use.
 """
 
 from __future__ import annotations
@@ -27,9 +30,26 @@ from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
 AutoConfig.register(HyperfracConfig.model_type, HyperfracConfig, exist_ok=True)
 AutoModelForCausalLM.register(HyperfracConfig, HyperfracForCausalLM, exist_ok=True)
 
+_LAZY = {
+    name: "hyperfrac.hf.training"
+    for name in ("ConnectionDecayMixin", "HyperfracTrainer", "decay_parameter_names")
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hyperfrac.hf' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
 __all__ = [
+    "ConnectionDecayMixin",
     "HyperfracConfig",
     "HyperfracForCausalLM",
+    "HyperfracTrainer",
+    "decay_parameter_names",
     "export_run",
     "save_hf",
     "write_remote_code",

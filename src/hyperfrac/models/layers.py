@@ -7,7 +7,8 @@ Read top to bottom: ``build_norm`` -> ``Rotary`` -> ``Attention`` -> ``SwiGLU`` 
 * RoPE (Su et al. 2021, "RoFormer"), rotate-half convention as in Llama/OLMo, computed in fp32.
 * Attention: one fused QKV projection, optional grouped-query heads, optional QK-norm over the
   full projected width (OLMo-2 / OLMoE), causal or bidirectional
-  ``F.scaled_dot_product_attention``.
+  ``F.scaled_dot_product_attention``. Without a padding mask SDPA runs with ``is_causal``; a
+  padded batch passes a boolean mask (B, 1, T, S) built by :func:`padding_mask`.
 * SwiGLU MLP (Shazeer 2020): one fused input projection D -> 2H (gate and up), output H -> D.
 * Block: two stream connections (attention, FFN) from :mod:`hyperfrac.connections`. The block
   owns the pre-norms and hands the connection a *branch* callable; with ``postnorm`` the
@@ -94,6 +95,15 @@ class Rotary(nn.Module):
             )
         return self.cos[offset : offset + T], self.sin[offset : offset + T]
 
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Tables for per-sequence positions (B, T) (padded batches): each (B, 1, T, Dh)."""
+        if positions.numel() and int(positions.max()) >= self.max_seq_len:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds max_seq_len={self.max_seq_len}; "
+                "raise model.max_seq_len"
+            )
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
 
 def _scale_frequencies(inv_freq: Tensor, scaling: dict) -> Tensor:
     """RoPE frequency scaling (``Rotary``'s docstring); the identity without ``scaling``."""
@@ -117,7 +127,8 @@ def _scale_frequencies(inv_freq: Tensor, scaling: dict) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, H, T, Dh); cos/sin: (T, Dh). Rotation done in fp32, result in x's dtype."""
+    """x: (B, H, T, Dh); cos/sin: (T, Dh) or (B, 1, T, Dh). Rotation in fp32, result in x's
+    dtype."""
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
@@ -149,6 +160,21 @@ class KVCache:
         else:
             raise ValueError(f"KVCache: layer {layer_idx} updated before layer {len(self.keys)}")
         return self.keys[layer_idx], self.values[layer_idx]
+
+
+def padding_mask(attention_mask: Tensor, T: int) -> Tensor:
+    """Boolean SDPA mask (B, 1, T, S) for the T newest of S tokens, True = may attend.
+
+    ``attention_mask`` (B, S) marks real tokens 1 and pads 0 (HF convention; S counts the
+    cached tokens too). Query i sits at position S - T + i and sees the real keys up to it.
+    It always sees itself: a pad query (left padding) would otherwise have no key at all and
+    SDPA would return NaN; its output is never read by a real token.
+    """
+    B, S = attention_mask.shape
+    keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    q_pos = torch.arange(S - T, S, device=attention_mask.device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
+    return (keys & (k_pos <= q_pos)) | (k_pos == q_pos)  # (B, 1, T, S)
 
 
 class Attention(nn.Module):
@@ -187,10 +213,15 @@ class Attention(nn.Module):
         self.k_norm = build_norm(norm, kv_dim, eps=norm_eps) if qk_norm else None
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """x: (B, T, D). With a ``cache``, x holds the T newest tokens, ``rope`` their positions,
-        and the keys/values of earlier tokens come from the cache (which is updated)."""
+        and the keys/values of earlier tokens come from the cache (which is updated). ``mask``
+        (B, 1, T, S) boolean (:func:`padding_mask`) replaces the causal rule (padded batches)."""
         B, T, D = x.shape
         kv_dim = self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
@@ -201,7 +232,7 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        causal, mask = self.causal, None
+        causal = self.causal and mask is None  # a padding mask holds the causal rule itself
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, S, Dh), S = past + T
             S = k.shape[-2]
@@ -238,6 +269,9 @@ class Block(nn.Module):
     ``attn(x)`` for connections that normalise themselves (``postnorm``). The FFN may be a
     dense :class:`SwiGLU` or an MoE layer; an MoE returns ``(out, aux)`` and its ``aux`` is
     appended to the ``aux`` list handed to :meth:`forward`.
+
+    Padded batches: ``mask`` (B, 1, T, S) goes to the attention, ``token_mask`` (B, T) (real
+    tokens) to an MoE FFN, which then routes only the real tokens.
     """
 
     def __init__(
@@ -262,16 +296,20 @@ class Block(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         aux: list | None = None,
         cache: KVCache | None = None,
+        mask: Tensor | None = None,
+        token_mask: Tensor | None = None,
     ) -> Tensor:
         def attn_branch(x: Tensor) -> Tensor:
             if self.attn_norm is not None:
                 x = self.attn_norm(x)
+            if mask is not None:
+                return self.attn(x, rope, cache, mask)
             return self.attn(x, rope) if cache is None else self.attn(x, rope, cache)
 
         def ffn_branch(x: Tensor) -> Tensor:
             if self.ffn_norm is not None:
                 x = self.ffn_norm(x)
-            y = self.ffn(x)
+            y = self.ffn(x) if token_mask is None else self.ffn(x, token_mask)
             if isinstance(y, tuple):  # MoE: (out, aux dict)
                 y, a = y
                 if aux is not None:

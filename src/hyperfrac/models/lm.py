@@ -25,17 +25,31 @@ Run it::
                                    connection={"kind": "dhc", "n_streams": 4}))
     out = model(idx, targets)          # out.loss, out.logits, out.aux_loss, out.moe_stats
 
+Padded batches: ``model(idx, attention_mask=mask)`` with ``mask`` (B, S) 1 for real tokens, 0
+for pads, left or right padding (S counts cached tokens too). Positions count real tokens only
+(a left-padded prompt gets the positions it would have alone), pads are never attended to and an
+MoE routes only the real tokens, so the logits of the real positions equal those of each
+sequence run alone. Without a mask (or with an all-ones one) attention runs SDPA's
+``is_causal`` path unchanged.
+
+Activation checkpointing: ``model.gradient_checkpointing = True`` recomputes each block in the
+backward pass (``torch.utils.checkpoint``, non-reentrant; set from outside, by hyperfrac's trainer
+with ``train.activation_checkpointing`` or by HF's ``gradient_checkpointing_enable``). It
+composes with a connection's own ``recompute``; gradients are those without it.
+
 Axis legend: B batch, T time, D width, V vocabulary, n streams (HC), m fractions (FC).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from hyperfrac.connections import build, connection_class, options_for, validate_spec
@@ -49,6 +63,7 @@ from hyperfrac.models.layers import (
     SwiGLU,
     build_norm,
     init_linear,
+    padding_mask,
 )
 from hyperfrac.models.moe import MoE
 
@@ -174,6 +189,18 @@ class LMOutput(NamedTuple):
     """Weighted MoE balance + z losses summed over layers (0 for dense models)."""
     moe_stats: dict[str, Tensor]
     """Detached MoE statistics (lb_loss, z_loss, dropped, load (L, E)); empty when dense."""
+    hidden_states: tuple[Tensor, ...] | None = None
+    """With ``output_hidden_states``: n_layers + 1 tensors (B, T, D), the *reduced* stream
+    state ``conn.reduce(h)`` after the embedding (``reduce(expand(x))``) and after each block;
+    the last one is before the final norm. HC/mHC's reduce sums the n streams, so a converted
+    model's states are n times the source model's. None otherwise."""
+
+
+def _run_block(block: nn.Module, h: Tensor, rope, cache, mask, token_mask):
+    """One block for ``torch.utils.checkpoint``: the MoE aux dicts are returned rather than
+    appended to the caller's list, so the recompute in backward leaves that list alone."""
+    aux: list[dict[str, Tensor]] = []
+    return block(h, rope, aux, cache, mask, token_mask), aux
 
 
 def build_connection(spec: dict[str, Any], dim: int, layer_idx: int,
@@ -190,6 +217,12 @@ def build_connection(spec: dict[str, Any], dim: int, layer_idx: int,
 
 class TransformerLM(nn.Module):
     """Decoder LM; see the module docstring for the architecture."""
+
+    gradient_checkpointing = False
+    """Recompute each block in backward (see the module docstring); set from outside."""
+    _gradient_checkpointing_func = functools.partial(
+        torch.utils.checkpoint.checkpoint, use_reentrant=False
+    )
 
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
@@ -282,19 +315,62 @@ class TransformerLM(nn.Module):
         *,
         ignore_index: int = -100,
         cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> LMOutput:
         """idx: (B, T) token ids; targets: (B, T) next-token ids or None.
 
         With a ``cache`` (:class:`~hyperfrac.models.layers.KVCache` or a transformers
         ``DynamicCache``) idx holds only the new tokens; their positions continue after the
-        cached ones and the cache is extended in place."""
+        cached ones and the cache is extended in place. ``attention_mask`` (B, past + T), 1 =
+        real token, 0 = pad, for padded batches; ``position_ids`` (B, T) overrides the positions
+        (by default the count of real tokens before each one)."""
         B, T = idx.shape
-        rope = self.rotary(T, cache.get_seq_length() if cache is not None else 0)
+        past = cache.get_seq_length() if cache is not None else 0
+        mask = token_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                    f"(batch, cached + new tokens) = {(B, past + T)}"
+                )
+            if bool(attention_mask.all()):
+                attention_mask = None  # nothing padded: the plain causal path
+        if attention_mask is not None:
+            mask = padding_mask(attention_mask, T)  # (B, 1, T, S)
+            if self.cfg.moe is not None:
+                token_mask = attention_mask[:, past:].bool()  # (B, T)
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]
+        if position_ids is not None:
+            rope = self.rotary.at(position_ids.expand(B, T))  # 2 x (B, 1, T, Dh)
+        else:
+            rope = self.rotary(T, past)
         x = self.embed(idx)  # (B, T, D)
         h = self.streams.expand(x)  # HC: (B, T, n, D); FC: (B, T, m, D/m); residual: (B, T, D)
         aux: list[dict[str, Tensor]] = []
+        hidden = [self.streams.reduce(h)] if output_hidden_states else None
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpoint and self.cfg.moe is not None and getattr(
+            self._gradient_checkpointing_func, "keywords", {}
+        ).get("use_reentrant"):
+            raise ValueError(
+                "reentrant checkpointing runs the forward without grad, so the MoE balance loss "
+                "would get no gradient; use use_reentrant=False (the default)"
+            )
         for block in self.blocks:
-            h = block(h, rope, aux) if cache is None else block(h, rope, aux, cache)
+            if checkpoint and cache is None:
+                h, block_aux = self._gradient_checkpointing_func(
+                    _run_block, block, h, rope, cache, mask, token_mask
+                )
+                aux.extend(block_aux)
+            elif mask is None:
+                h = block(h, rope, aux) if cache is None else block(h, rope, aux, cache)
+            else:
+                h = block(h, rope, aux, cache, mask, token_mask)
+            if hidden is not None:
+                hidden.append(self.streams.reduce(h))
         if self.stream_head is not None:
             x = self.norm(self.stream_head(h))  # (B, T, n, D) -> (B, T, D)
         else:
@@ -315,7 +391,7 @@ class TransformerLM(nn.Module):
             }
         else:
             aux_loss, stats = logits.new_zeros((), dtype=torch.float32), {}
-        return LMOutput(logits, loss, aux_loss, stats)
+        return LMOutput(logits, loss, aux_loss, stats, tuple(hidden) if hidden else None)
 
 
 def _head_eps(spec: dict[str, Any]) -> dict[str, float]:

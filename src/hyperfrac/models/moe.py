@@ -18,6 +18,10 @@
     once on its contiguous slice (a loop over the E experts, not over tokens). Data-dependent
     shapes, so it graph-breaks under ``torch.compile``.
 
+A padded batch passes ``token_mask`` (the real tokens): only those are routed (capacity, losses
+and load count them alone), pads get a zero output, so a padded batch computes what its real
+tokens alone would.
+
 The forward returns ``(out, aux)``; ``aux`` holds the two losses (already weighted by their
 coefficients, summed into the training loss by the model) and detached statistics:
 ``load`` (E,) the fraction of assignments per expert and ``dropped`` the dropped fraction.
@@ -136,7 +140,16 @@ class MoE(nn.Module):
         ys = torch.cat(outs, dim=0) * weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)
         return x.new_zeros(N, D).index_add_(0, token, ys)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """x: (..., D); ``token_mask`` (...) True for real tokens (padded batches) or None."""
+        if token_mask is not None:
+            keep = token_mask.reshape(-1).bool()  # (N,)
+            flat = x.reshape(-1, x.shape[-1])  # (N, D)
+            out, aux = self.forward(flat[keep])  # (N_real, D)
+            full = flat.new_zeros(flat.shape).index_put((keep.nonzero().squeeze(1),), out)
+            return full.view(x.shape), aux
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         logits, probs, weights, idx = self.route(x)
