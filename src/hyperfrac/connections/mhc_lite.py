@@ -67,6 +67,13 @@ class MHCLite(ExactManifoldHyperConnection):
         super().__init__(dim, **options)
         self.register_buffer("perms", permutation_matrices(self.n_slots), persistent=False)
 
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Rebuild the permutation matrices (a non-persistent buffer: a model materialised from
+        the meta device, e.g. by ``from_pretrained``, has them uninitialised)."""
+        device = "cpu" if self.perms.is_meta else self.perms.device
+        self.perms = permutation_matrices(self.n_slots).to(device)
+
     @staticmethod
     def n_res_logits(n: int) -> int:
         return math.factorial(n) if n > 1 else 0

@@ -88,6 +88,15 @@ class DynamicMixing(StreamConnection):
         """Static input block P at init, shape (S, R)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Refill the unit scales of ``rescale=False`` (non-persistent buffers, uninitialised
+        in a model materialised from the meta device, e.g. by ``from_pretrained``)."""
+        for name in ("alpha_scale", "beta_scale"):
+            if name in self._buffers:
+                buf = self._buffers[name]
+                self._buffers[name] = torch.ones(1, device="cpu" if buf.is_meta else buf.device)
+
     def _part_parameters(self, part: str) -> list[nn.Parameter]:
         """HC Table 3: 'width' = A_m and A_r (static + dynamic), 'depth' = B."""
         if part == "width":
