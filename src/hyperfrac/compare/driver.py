@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from hyperfrac.compare.processes import FolderLock, run_child, sigterm_as_interrupt
+from hyperfrac.compare.processes import FolderLock, sigterm_as_interrupt
 from hyperfrac.compare.spec import Arm, CompareSpec, arm_hash
 from hyperfrac.models import build_model
 from hyperfrac.precision import autocast as precision_autocast
@@ -71,11 +71,15 @@ def arm_config(spec: CompareSpec, arm: Arm, seed: int, runs_dir: Path):
     return cfg
 
 
-def arm_fingerprint(spec: CompareSpec, arm: Arm, seed: int) -> str:
+def arm_fingerprint(spec: CompareSpec, arm: Arm, seed: int, world_size: int = 1) -> str:
     """What decides whether a finished run is reusable: the shared base config as written,
-    the arm and the seed (not the resolved config, whose defaults grow with the code)."""
-    return arm_hash(json.dumps({"base": spec.base, "arm": dataclasses.asdict(arm),
-                                "seed": int(seed)}, sort_keys=True))
+    the arm (with its chosen learning rate), the seed and, above 1, the number of ranks it
+    trains on (not the resolved config, whose defaults grow with the code; not the
+    launcher)."""
+    key: dict[str, Any] = {"base": spec.base, "arm": dataclasses.asdict(arm), "seed": int(seed)}
+    if world_size != 1:
+        key["world_size"] = int(world_size)
+    return arm_hash(json.dumps(key, sort_keys=True))
 
 
 def shared_init(seed: int):
@@ -132,25 +136,6 @@ def train_in_process(cfg) -> dict[str, Any]:
     return {**summary, "peak_rss_mb": None}
 
 
-def train_subprocess(cfg, config_path: Path) -> dict[str, Any]:
-    """Train one arm in a child process (``python -m hyperfrac.compare.worker``) so that its
-    peak resident memory is measured on its own (the child's ``VmHWM``). The child dies with
-    this process (:func:`~hyperfrac.compare.processes.run_child`)."""
-    cmd = [sys.executable, "-m", "hyperfrac.compare.worker", str(config_path)]
-    worker_json = cfg.run_dir / "compare_worker.json"
-    worker_json.unlink(missing_ok=True)
-    rc = run_child(cmd)
-    if rc != 0:
-        raise RuntimeError(
-            f"training {cfg.name} failed (exit code {rc}); its log is above. "
-            f"Re-run to resume from {cfg.run_dir / 'checkpoints'}"
-        )
-    summary = _summary(cfg.run_dir) or {}
-    peak = json.loads(worker_json.read_text()).get("peak_rss_mb") if worker_json.is_file() \
-        else None
-    return {**summary, "peak_rss_mb": peak}
-
-
 # ------------------------------------------------------------------------------ estimate
 
 
@@ -197,39 +182,56 @@ def run_compare(
     eval_batches: int | None = None,
     figures: bool = True,
     train: bool = True,
+    launcher: str = "local",
+    nproc_per_node: int = 1,
+    submitit_cluster: str | None = None,
+    submitit_parameters: dict[str, Any] | None = None,
+    progress_stream=None,
     log: Log = _say,
 ) -> dict[str, Any]:
     """Train, analyse and report every arm x seed of ``spec`` into ``out``; returns results.
 
     ``isolate`` trains each arm in a child process (measures its peak RSS); ``force`` deletes
     runs trained with a different config instead of refusing; ``estimate`` times two steps per
-    arm first and prints the expected wall time; ``eval_batches`` caps validation batches;
-    ``train=False`` trains nothing and reports the runs that have finished so far. The folder
-    is locked for the whole call; Ctrl-C (or SIGTERM) stops the current arm, keeps its last
-    checkpoint, and re-running the same command resumes.
+    arm first and prints the expected wall time; ``eval_batches`` caps validation batches
+    (default: the preset's ``analysis.eval_batches``, else the whole splits);
+    ``train=False`` trains nothing and reports the runs that have finished so far.
+    ``launcher`` (``local`` | ``submitit``), ``nproc_per_node`` (torchrun per run),
+    ``submitit_cluster`` and ``submitit_parameters``: see :mod:`hyperfrac.compare.launchers`.
+    With ``spec.lr_sweep`` the learning-rate sweep trains first
+    (:mod:`hyperfrac.compare.sweep`). The folder is locked for the whole call; Ctrl-C (or
+    SIGTERM) stops the current arm, keeps its last checkpoint, and re-running the same command
+    resumes.
     """
+    from hyperfrac.compare.launchers import make_launcher
+
     out = Path(out)
+    runner = make_launcher(launcher, out=out, nproc=nproc_per_node, isolate=isolate,
+                           in_process=lambda cfg: train_in_process(cfg),
+                           cluster=submitit_cluster, parameters=submitit_parameters)
     with FolderLock(out), sigterm_as_interrupt():
         try:
-            return _run_locked(spec, out, budget=budget, isolate=isolate, force=force,
+            return _run_locked(spec, out, budget=budget, runner=runner, force=force,
                                estimate=estimate, eval_batches=eval_batches, figures=figures,
-                               train=train, log=log)
+                               train=train, progress_stream=progress_stream, log=log)
         except KeyboardInterrupt:
             log("interrupted: finished arms and the current arm's last checkpoint are kept; "
                 "re-run the same command to resume")
             raise
 
 
-def _run_locked(spec: CompareSpec, out: Path, *, budget: float, isolate: bool, force: bool,
+def _run_locked(spec: CompareSpec, out: Path, *, budget: float, runner, force: bool,
                 estimate: bool, eval_batches: int | None, figures: bool, train: bool,
-                log: Log) -> dict[str, Any]:
-    from hyperfrac.compare.report import write_report
+                progress_stream, log: Log) -> dict[str, Any]:
+    from hyperfrac.compare import sweep as lr_sweep
+    from hyperfrac.compare.progress import Progress, RunProgress
     from hyperfrac.train.task import task_class
 
     spec = spec.scaled(budget)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    world = runner.nproc
 
     plan = {"spec": spec.to_dict(), "budget": budget}
     _check_plan(out / "plan.json", plan, force)
@@ -239,33 +241,124 @@ def _run_locked(spec: CompareSpec, out: Path, *, budget: float, isolate: bool, f
             for arm in spec.arms]
     c0 = jobs[0][2]
     task = task_class(c0.data.kind)
-    task.ensure_data(c0, log)
-    todo = _pending(spec, jobs, force)
+    _ensure_data(task, c0, log)
+    sweep_todo: list = []
+    sspec = None
+    if spec.lr_sweep:
+        sspec = lr_sweep.sweep_spec(spec)
+        sjobs = [(seed, arm, arm_config(sspec, arm, seed, out / "sweep" / "runs"))
+                 for seed in sspec.seeds for arm in sspec.arms]
+        sweep_todo = _pending(sspec, sjobs, force, world)
+        log(f"learning-rate sweep: {len(spec.arms)} arms x {len(spec.lr_sweep)} rates "
+            f"({', '.join(f'{x:g}' for x in spec.lr_sweep)}) on seed {sspec.seeds[0]}, "
+            f"{sjobs[0][2].train.steps} steps each; {len(sjobs) - len(sweep_todo)} of "
+            f"{len(sjobs)} finished")
+    # main runs: pending unless finished at the LR the sweep picks (known after the sweep)
+    main_total = len(jobs)
+    main_done = sum(1 for seed, arm, cfg in jobs if _finished_any_lr(cfg.run_dir))
     log(
         f"{spec.name}: {len(spec.arms)} arms ({', '.join(a.display for a in spec.arms)}) x "
-        f"{len(spec.seeds)} seeds, {c0.train.steps} steps x {task.units_per_step_for(c0)} "
-        f"{task.unit_name} each; {len(jobs) - len(todo)} of {len(jobs)} runs already finished"
-        + (f"; budget x{budget:g}" if budget != 1 else "")
+        f"{len(spec.seeds)} seeds, {c0.train.steps} steps x "
+        f"{task.units_per_step_for(c0, world)} {task.unit_name} each; {main_done} of "
+        f"{main_total} runs already finished" + (f"; budget x{budget:g}" if budget != 1 else "")
+        + (f"; {world} ranks per run (torchrun)" if world > 1 else "")
+        + f"; launcher {runner.name}"
     )
     if spec.target_minutes:
         log(f"this preset is sized for about {spec.target_minutes * budget:.0f} min on an idle "
             f"2-core CPU{' at this budget' if budget != 1 else ''} (other load slows it down)")
     if not train:
-        finished = {(s, a.name) for s, a, _, _ in todo}
-        jobs = [j for j in jobs if (j[0], j[1].name) not in finished]
-        if not jobs:
-            raise FileNotFoundError(f"no finished runs under {runs_dir} to report yet")
-        log(f"report only: {len(jobs)} finished runs, {len(todo)} not finished (left out)")
-        todo = []
-    if estimate and todo:
-        _log_estimate(todo, log)
-    _train_pending(todo, out / "configs", isolate, log)
+        return _report_only(spec, sspec, jobs, out, budget, eval_batches, figures, t_start,
+                            world, force, log)
+    pending_main = [(s_, a, c) for s_, a, c in jobs if not _finished_any_lr(c.run_dir)]
+    est = _log_estimate(sweep_todo, pending_main, log) if estimate and (
+        sweep_todo or pending_main) else None
+    progress = Progress(
+        [RunProgress(cfg.name, cfg.run_dir, cfg.train.steps, _done_steps(cfg.run_dir))
+         for _, _, cfg, _ in sweep_todo]
+        + [RunProgress(cfg.name, cfg.run_dir, cfg.train.steps, _done_steps(cfg.run_dir))
+           for _, _, cfg in pending_main],
+        estimate_s=est, stream=progress_stream, log=log,
+        finished=(len(sspec.arms) - len(sweep_todo) if sspec else 0) + main_total
+        - len(pending_main))
+    sweep = None
+    try:
+        if sspec is not None:
+            _train_pending(sweep_todo, out / "sweep" / "configs", runner, progress)
+            sweep = lr_sweep.choose(spec, out / "sweep" / "runs")
+            spec = lr_sweep.with_lrs(spec, sweep["chosen"])
+            progress.message("learning rates from the sweep: " + ", ".join(
+                f"{a.display} {sweep['chosen'][a.name]:g}" for a in spec.arms))
+            jobs = [(seed, arm, arm_config(spec, arm, seed, runs_dir)) for seed in spec.seeds
+                    for arm in spec.arms]
+        todo = _pending(spec, jobs, force, world)
+        _train_pending(todo, out / "configs", runner, progress)
+    finally:
+        progress.close()
+    return _finish(spec, jobs, out, budget, eval_batches, figures, t_start, sweep, log)
+
+
+def _finish(spec: CompareSpec, jobs: list, out: Path, budget: float, eval_batches: int | None,
+            figures: bool, t_start: float, sweep: dict[str, Any] | None,
+            log: Log) -> dict[str, Any]:
+    from hyperfrac.compare.report import write_report
+
     runs = _analyze(spec, jobs, eval_batches)
+    lrs = {arm.name: cfg.optim.lr for _, arm, cfg in jobs}
     results = write_report(spec, runs, out, budget=budget, machine=_machine(),
                            wall_s=time.perf_counter() - t_start, figures=figures,
-                           command=sys.argv)
+                           command=sys.argv, lr_sweep=sweep, lrs=lrs)
     log(f"report: {out / 'report.html'} | {out / 'summary.md'} | {out / 'results.json'}")
     return results
+
+
+def _report_only(spec: CompareSpec, sspec: CompareSpec | None, jobs: list, out: Path,
+                 budget: float, eval_batches: int | None, figures: bool, t_start: float,
+                 world: int, force: bool, log: Log) -> dict[str, Any]:
+    """``--report-only``: report the finished runs (after the sweep, if there is one)."""
+    from hyperfrac.compare import sweep as lr_sweep
+
+    sweep = None
+    if sspec is not None:
+        sjobs = [(seed, arm, arm_config(sspec, arm, seed, out / "sweep" / "runs"))
+                 for seed in sspec.seeds for arm in sspec.arms]
+        left = _pending(sspec, sjobs, False, world)
+        if left:
+            raise FileNotFoundError(f"the learning-rate sweep under {out / 'sweep'} has "
+                                    f"{len(left)} unfinished runs; nothing to report yet")
+        sweep = lr_sweep.choose(spec, out / "sweep" / "runs")
+        spec = lr_sweep.with_lrs(spec, sweep["chosen"])
+        jobs = [(seed, arm, arm_config(spec, arm, seed, out / "runs")) for seed in spec.seeds
+                for arm in spec.arms]
+    todo = _pending(spec, jobs, force, world)
+    unfinished = {(s, a.name) for s, a, _, _ in todo}
+    done = [j for j in jobs if (j[0], j[1].name) not in unfinished]
+    if not done:
+        raise FileNotFoundError(f"no finished runs under {out / 'runs'} to report yet")
+    log(f"report only: {len(done)} finished runs, {len(todo)} not finished (left out)")
+    return _finish(spec, done, out, budget, eval_batches, figures, t_start, sweep, log)
+
+
+def _ensure_data(task, cfg, log: Log) -> None:
+    """Prepare the dataset on first use: the task's own (the default corpus), and the
+    package-built ``lit`` corpora, which the comparison presets use for held-out text."""
+    from hyperfrac.data.prepare import dataset_dir, is_ready, prepare
+
+    d = getattr(cfg, "data", None)
+    corpus = getattr(d, "corpus", None)
+    if getattr(d, "kind", None) == "text" and not d.path and corpus in ("lit", "lit+docs") \
+            and not is_ready(dataset_dir(corpus, d.vocab_size)):
+        log(f"preparing the {corpus!r} corpus (BPE {d.vocab_size}) from its packages: first "
+            "use only")
+        prepare(corpus, d.vocab_size)
+    task.ensure_data(cfg, log)
+
+
+def _finished_any_lr(run_dir: Path) -> bool:
+    """A finished run in ``run_dir`` (its config is checked later, by fingerprint)."""
+    info = _arm_info(run_dir)
+    s = _summary(run_dir)
+    return bool(info and info.get("finished") and s and s.get("finished"))
 
 
 def _check_plan(plan_path: Path, plan: dict[str, Any], force: bool) -> None:
@@ -280,18 +373,19 @@ def _check_plan(plan_path: Path, plan: dict[str, Any], force: bool) -> None:
         )
 
 
-def _pending(spec: CompareSpec, jobs: list, force: bool) -> list:
+def _pending(spec: CompareSpec, jobs: list, force: bool, world_size: int = 1) -> list:
     """The (seed, arm, cfg, fingerprint) jobs not finished yet; a run folder trained with a
     different config is refused, or deleted with ``force``."""
     todo = []
     for seed, arm, cfg in jobs:
-        fp = arm_fingerprint(spec, arm, seed)
+        fp = arm_fingerprint(spec, arm, seed, world_size)
         info = _arm_info(cfg.run_dir)
         if info is not None and info.get("fingerprint") != fp:
             if not force:
                 raise ValueError(
-                    f"{cfg.run_dir} was trained with a different config; use another "
-                    "--out, the original settings, or --force to retrain it"
+                    f"{cfg.run_dir} was trained with a different config (or learning rate, "
+                    "or --nproc-per-node); use another --out, the original settings, or "
+                    "--force to retrain it"
                 )
             shutil.rmtree(cfg.run_dir)
         if not arm_finished(cfg.run_dir, fp):
@@ -304,38 +398,56 @@ def _arm_info(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _log_estimate(todo: list, log: Log) -> None:
-    per_arm: dict[str, float] = {}
-    for _, arm, cfg, _ in todo:
-        if arm.name not in per_arm:
-            per_arm[arm.name] = calibrate_seconds_per_step(cfg)
-    est = sum(per_arm[arm.name] * (cfg.train.steps - _done_steps(cfg.run_dir))
-              for _, arm, cfg, _ in todo)
+def _log_estimate(sweep_todo: list, main_todo: list, log: Log) -> float:
+    """Log (and return) the expected training seconds of the pending runs: two timed steps
+    per connection (the learning rate does not change a step's cost)."""
+    per_conn: dict[str, float] = {}
+    cfgs = [(arm, cfg) for _, arm, cfg, _ in sweep_todo] + [(arm, cfg) for _, arm, cfg in
+                                                              main_todo]
+    est = 0.0
+    for arm, cfg in cfgs:
+        key = json.dumps(arm.connection, sort_keys=True)
+        if key not in per_conn:
+            per_conn[key] = calibrate_seconds_per_step(cfg)
+        est += per_conn[key] * (cfg.train.steps - _done_steps(cfg.run_dir))
     log(f"estimated training time on this machine: {est / 60:.1f} min (2 timed steps per "
         "arm; evaluation and analysis add a little)")
+    return est
 
 
-def _train_pending(todo: list, config_dir: Path, isolate: bool, log: Log) -> None:
-    """Train each pending job; ``compare_arm.json`` records its summed training time (over
-    every attempt, from the trainer's own clock) and peak RSS once it has finished."""
+def _train_pending(todo: list, config_dir: Path, runner, progress) -> None:
+    """Train the pending (seed, arm, cfg, fingerprint) jobs through ``runner`` (a launcher);
+    ``compare_arm.json`` records each run's summed training time (over every attempt, from
+    the trainer's own clock) and peak RSS once it has finished."""
+    from hyperfrac.compare.launchers import Job
     from hyperfrac.train.config import dump_config
 
+    if not todo:
+        return
     config_dir.mkdir(parents=True, exist_ok=True)
-    for i, (seed, arm, cfg, fp) in enumerate(todo):
-        log(f"[{i + 1}/{len(todo)}] training {arm.display} seed {seed} -> {cfg.run_dir}")
+    jobs = []
+    for seed, arm, cfg, fp in todo:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        info = {"arm": arm.name, "seed": seed, "fingerprint": fp, "finished": False}
-        _write_json(cfg.run_dir / "compare_arm.json", info)
-        if isolate:
-            cpath = config_dir / f"{cfg.name}.yaml"
-            cpath.write_text(dump_config(cfg))
-            summary = train_subprocess(cfg, cpath)
-        else:
-            summary = train_in_process(cfg)
-        info.update({"finished": bool(summary.get("finished")),
-                     "train_wall_s": summary.get("train_time_s"),
-                     "peak_rss_mb": summary.get("peak_rss_mb")})
-        _write_json(cfg.run_dir / "compare_arm.json", info)
+        _write_json(cfg.run_dir / "compare_arm.json",
+                    {"arm": arm.name, "seed": seed, "fingerprint": fp, "finished": False})
+        (cfg.run_dir / "compare_worker.json").unlink(missing_ok=True)
+        cpath = config_dir / f"{cfg.name}.yaml"
+        cpath.write_text(dump_config(cfg))
+        jobs.append(Job(seed=seed, arm=arm, cfg=cfg, fingerprint=fp, config_path=cpath))
+
+    def done(job: Job) -> None:
+        summary = _summary(job.cfg.run_dir) or {}
+        wj = job.cfg.run_dir / "compare_worker.json"
+        peak = json.loads(wj.read_text()).get("peak_rss_mb") if wj.is_file() else None
+        info = {"arm": job.arm.name, "seed": job.seed, "fingerprint": job.fingerprint,
+                "finished": bool(summary.get("finished")),
+                "train_wall_s": summary.get("train_time_s"), "peak_rss_mb": peak,
+                "launcher": runner.name, "world_size": runner.nproc}
+        _write_json(job.cfg.run_dir / "compare_arm.json", info)
+
+    progress.message(f"training {len(jobs)} runs ({runner.name} launcher): "
+                     + ", ".join(j.name for j in jobs))
+    runner.launch(jobs, done, progress)
 
 
 def _analyze(spec: CompareSpec, jobs: list, eval_batches: int | None) -> list[dict[str, Any]]:
@@ -345,7 +457,9 @@ def _analyze(spec: CompareSpec, jobs: list, eval_batches: int | None) -> list[di
     an = spec.analysis
     for seed, arm, cfg in jobs:
         res = analyze_run(cfg.run_dir, windows=int(an.get("windows", 4)),
-                          max_tokens=an.get("max_tokens", 512), eval_batches=eval_batches,
+                          max_tokens=an.get("max_tokens", 512),
+                          eval_batches=eval_batches if eval_batches is not None
+                          else an.get("eval_batches"),
                           mc_items=an.get("mc_items", 200))
         info = _arm_info(cfg.run_dir) or {}
         runs.append({"arm": arm.name, "seed": seed, "analysis": res,

@@ -108,6 +108,11 @@ def _md_table(t: dict[str, list]) -> str:
 def _sections(built: dict[str, Any]) -> list[tuple[str, dict | None, str]]:
     return [
         ("Results", built["main"], ""),
+        ("Learning-rate sweep", built.get("sweep"),
+         "Final validation value (the trainer's last evaluation on the fixed validation "
+         "subset) of each arm's short sweep runs on the first seed; every seed of the arm "
+         "then trained at the lowest (←). Selected on validation text only, never on the "
+         "held-out splits. A short run favours larger rates than a full-length one."),
         ("Paired differences", built["paired"],
          "Every metric with a better side, per arm; the seed interval and the evaluation "
          "set's bootstrap error side by side."),
@@ -127,7 +132,11 @@ def _sections(built: dict[str, Any]) -> list[tuple[str, dict | None, str]]:
 def markdown(spec: CompareSpec, results: dict[str, Any], built: dict[str, Any],
              fig_paths: list[Path], out: Path) -> str:
     labels = {a["name"]: a["label"] for a in results["arms"]}
-    parts = [f"# Comparison `{spec.name}`", "", "## Verdicts", ""]
+    parts = [f"# Comparison `{spec.name}`", ""]
+    if spec.caveats:
+        parts += ["**What this run can and cannot show:** " + " ".join(spec.caveats.split()),
+                  ""]
+    parts += ["## Verdicts", ""]
     parts += [f"* {v}" for v in built["verdicts"]] or ["* (baseline only)"]
     parts += [""]
     if spec.description:
@@ -203,6 +212,8 @@ def html_page(spec: CompareSpec, results: dict[str, Any], built: dict[str, Any],
         f"<title>hyperfrac compare: {esc(spec.name)}</title>",
         f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
         f"<h1>Comparison <code>{esc(spec.name)}</code></h1>",
+        ("<p class='caveats'><b>What this run can and cannot show:</b> "
+         f"{esc(' '.join(spec.caveats.split()))}</p>") if spec.caveats else "",
         "<ul class='verdicts'>" + "".join(f"<li>{esc(v)}</li>" for v in built["verdicts"])
         + "</ul>",
     ]

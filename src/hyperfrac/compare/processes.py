@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOCK_NAME = ".compare.lock"
@@ -106,12 +106,26 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_child(cmd: list[str]) -> int:
+def run_child(cmd: list[str], *, log_path: Path | None = None,
+              tick: Callable[[], None] | None = None) -> int:
     """Run a worker tied to this process; returns its exit code. On KeyboardInterrupt the
-    worker is stopped before the interrupt propagates."""
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        _stop(proc)
-        raise
+    worker is stopped before the interrupt propagates. ``log_path``: append the worker's
+    stdout and stderr there instead of this terminal; ``tick`` is called about twice a
+    second while the worker runs (the progress line)."""
+    with contextlib.ExitStack() as stack:
+        out = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(log_path.open("ab"))
+        proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdout=out,
+                                stderr=subprocess.STDOUT if out is not None else None)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    if tick is not None:
+                        tick()
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise

@@ -224,11 +224,14 @@ def _settings(spec: CompareSpec, budget: float) -> dict[str, Any]:
 
 def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, budget: float,
                  machine: dict[str, Any], wall_s: float, figures: bool = True,
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
+                 command: Sequence[str] | None = None, lr_sweep: dict[str, Any] | None = None,
+                 lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """Write results.json, figures/, summary.md and report.html into ``out``.
 
     ``command`` is the command line to print in the report (e.g. ``sys.argv``); the hyperfrac
-    version and the git commit of its source are found here.
+    version and the git commit of its source are found here. ``lr_sweep``: the sweep's
+    record (:func:`hyperfrac.compare.sweep.choose`); ``lrs``: the learning rate each arm
+    trained at.
     """
     from hyperfrac.compare import page, tables
     from hyperfrac.compare.provenance import provenance
@@ -249,6 +252,7 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
     results = {
         "name": spec.name,
         "description": spec.description,
+        "caveats": spec.caveats,
         "budget": budget,
         "baseline": spec.baseline,
         "primary_metric": primary_metric(spec),
@@ -262,7 +266,9 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]], out: Path, *, bu
         "steps": first["step"],
         "tokens_per_run": first["tokens"],
         "arms": [{"name": a.name, "label": a.display, "connection": a.connection,
-                  "overrides": a.overrides, **agg[a.name]} for a in spec.arms],
+                  "overrides": a.overrides, "lr": (lrs or {}).get(a.name), **agg[a.name]}
+                 for a in spec.arms],
+        "lr_sweep": lr_sweep,
         "runs": [{"arm": r["arm"], "seed": r["seed"], "train_wall_s": r["train_wall_s"],
                   "peak_rss_mb": r["peak_rss_mb"], **r["analysis"]} for r in runs],
         "paper": [dataclasses.asdict(p) for p in spec.paper],

@@ -96,10 +96,30 @@ class CompareSpec:
     analysis: dict[str, Any] = field(default_factory=lambda: {"windows": 4, "max_tokens": 512})
     """Probe settings: validation windows fed through the model, tokens kept per layer."""
     paper: list[PaperRef] = field(default_factory=list)
+    lr_sweep: list[float] | None = None
+    """Learning rates to try per arm before the comparison (``--lr-sweep 1e-3,3e-3,1e-2``): one
+    short run per arm and rate on the first seed; every seed of the arm then trains at the
+    rate with the lowest validation bpb (:mod:`hyperfrac.compare.sweep`). None = every arm
+    trains at ``base.optim.lr`` (or its own override)."""
+    lr_sweep_budget: float = 0.25
+    """Length of a sweep run as a fraction of the comparison's steps, in (0, 1]."""
+    caveats: str = ""
+    """What this comparison can and cannot show at its size; printed at the top of the
+    report, before any number."""
 
     def __post_init__(self) -> None:
         if not self.arms:
             raise ValueError("a comparison needs at least one arm")
+        if self.lr_sweep is not None:
+            self.lr_sweep = check_lr_sweep(self.lr_sweep)
+            for a in self.arms:
+                if any(o.split("=", 1)[0].strip() == "optim.lr" for o in a.overrides):
+                    raise ValueError(f"arm {a.name!r} sets optim.lr itself; drop that override "
+                                     "or the learning-rate sweep")
+        b = self.lr_sweep_budget
+        if not (isinstance(b, int | float) and 0 < b <= 1):
+            raise ValueError(f"lr_sweep_budget={b!r} must be in (0, 1] (a fraction of the "
+                             "comparison's steps)")
         names = [a.name for a in self.arms]
         for n in names:
             if not _NAME_OK.match(n):
@@ -154,6 +174,33 @@ class CompareSpec:
         return out
 
 
+def check_lr_sweep(lrs: Any) -> list[float]:
+    """A validated list of at least two distinct positive finite learning rates."""
+    try:
+        vals = [float(x) for x in lrs]
+    except (TypeError, ValueError):
+        raise ValueError(f"lr_sweep={lrs!r}: give a list of learning rates, e.g. "
+                         "1e-3,3e-3,1e-2") from None
+    bad = [v for v in vals if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise ValueError(f"lr_sweep: learning rates must be positive and finite, got {bad}")
+    if len(set(vals)) < 2 or len(set(vals)) != len(vals):
+        raise ValueError(f"lr_sweep={vals}: give at least two distinct learning rates, no "
+                         "repeats")
+    return vals
+
+
+def parse_lr_sweep(text: str) -> list[float]:
+    """``"1e-3,3e-3,1e-2"`` -> ``[0.001, 0.003, 0.01]`` (validated)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--lr-sweep {text!r}: comma-separated numbers, e.g. "
+                         "1e-3,3e-3,1e-2") from None
+    return check_lr_sweep(vals)
+
+
 def arm_hash(config_yaml: str) -> str:
     """Fingerprint of an arm's resolved config (decides whether a finished arm is reusable)."""
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
@@ -194,7 +241,7 @@ def spec_from_dict(data: dict[str, Any]) -> CompareSpec:
     """Build a spec from a preset's YAML mapping (unknown keys are errors)."""
     data = dict(data)
     valid = {"name", "arms", "base", "seeds", "baseline", "description", "target_minutes",
-             "task", "analysis", "paper"}
+             "task", "analysis", "paper", "lr_sweep", "lr_sweep_budget", "caveats"}
     unknown = set(data) - valid
     if unknown:
         raise KeyError(f"unknown compare key(s) {sorted(unknown)}; valid: {sorted(valid)}")

@@ -111,6 +111,8 @@ def verdict_lines(spec: CompareSpec, results: dict[str, Any]) -> list[str]:
             p += f", Holm-adjusted over {h['family']} arms {pval(h['p_adj'])}"
         line = (f"{a['label']}: {a['verdict'] or 'n/a'} — Δ {label(key)} vs {base} "
                 f"{delta_ci(d)} (95% CI, {_seeds(a)}, {p})")
+        if a.get("lr") is not None:
+            line += f"; lr {a['lr']:g} (baseline {arms[spec.baseline].get('lr') or 0:g})"
         c = a.get("convergence")
         if c:
             line += (f"; speed-up to {base}'s final {label(c['metric'])}: "
@@ -148,15 +150,52 @@ def settings_rows(spec: CompareSpec, results: dict[str, Any]) -> list[list[str]]
                    + (f" (budget ×{s['budget']:g})" if s["budget"] != 1 else "")],
         ["model", kv(s["model"])], ["data", kv(s["data"])], ["optimizer", kv(s["optim"])],
         ["training", kv(s["train"])],
-        ["periodic evaluation", kv(s["eval"]) + " (the curves; the final numbers use the "
-                                "whole validation split)"],
+        ["periodic evaluation", kv(s["eval"]) + _final_eval(s)],
         ["probes", kv(s["analysis"])],
+        ["learning rates", _lr_setting(results)],
         ["time", f"{results['train_wall_s'] / 60:.1f} min of training summed over the runs; "
                  f"this invocation {results['wall_s'] / 60:.1f} min"],
     ]
 
 
+def _final_eval(s: dict[str, Any]) -> str:
+    nb = s["analysis"].get("eval_batches")
+    if nb:
+        bs = s["eval"].get("batch_size", "eval.batch_size")
+        return (f" (the curves; the final numbers use the first {nb} × {bs} windows of every "
+                "split)")
+    return " (the curves; the final numbers use the whole validation split)"
+
+
+def _lr_setting(results: dict[str, Any]) -> str:
+    lrs = ", ".join(f"{a['label']} {a['lr']:g}" for a in results["arms"] if a.get("lr"))
+    sw = results.get("lr_sweep")
+    if not sw:
+        return (lrs or "n/a") + " (set in the config; no sweep)"
+    return (f"{lrs}: each arm's lowest final validation {sw['metric'].replace('val_', '')} "
+            f"of a sweep over {', '.join(f'{x:g}' for x in sw['lrs'])} ({sw['steps']} steps, "
+            f"seed {sw['seed']}; table 'Learning-rate sweep')")
+
+
 # ------------------------------------------------------------------------------------ tables
+
+
+def sweep_table(results: dict[str, Any]) -> Table | None:
+    """The sweep: each arm's final validation value at every rate, the chosen one marked."""
+    sw = results.get("lr_sweep")
+    if not sw:
+        return None
+    head = ["arm"] + [f"lr {x:g}" for x in sw["lrs"]] + ["chosen lr"]
+    rows = []
+    for a in results["arms"]:
+        vals = sw["values"].get(a["name"])
+        if vals is None:
+            continue
+        chosen = sw["chosen"][a["name"]]
+        cells = [("diverged" if v is None else num(v)) + (" ←" if lr == chosen else "")
+                 for lr, v in zip(sw["lrs"], vals, strict=True)]
+        rows.append([a["label"], *cells, f"{chosen:g}"])
+    return {"head": head, "rows": rows}
 
 
 def main_table(spec: CompareSpec, results: dict[str, Any]) -> Table:
@@ -332,4 +371,5 @@ def build_all(spec: CompareSpec, results: dict[str, Any]) -> dict[str, Any]:
             "main": main_table(spec, results), "paired": paired_table(spec, results),
             "convergence": convergence_table(spec, results),
             "suites": suites_table(results), "collapse": collapse_table(results),
+            "sweep": sweep_table(results),
             "papers": papers, "claims": claims}

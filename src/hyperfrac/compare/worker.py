@@ -1,6 +1,7 @@
 """Child-process entry of ``hyperfrac compare``: train one arm from a resolved config file.
 
-``python -m hyperfrac.compare.worker CONFIG.yaml`` builds the trainer with the seed's shared
+``python -m hyperfrac.compare.worker CONFIG.yaml`` (or the same under ``torchrun``, one
+process per rank: ``--nproc-per-node``) builds the trainer with the seed's shared
 branch initialisation (:func:`hyperfrac.compare.driver.build_trainer`), trains (resuming the
 run folder's latest checkpoint), writes its peak resident memory to
 ``RUN/compare_worker.json`` and exits; the parent reads that and ``summary.json``.
@@ -9,6 +10,7 @@ run folder's latest checkpoint), writes its peak resident memory to
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or the parent stopping us: the last checkpoint stays
         print(f"[worker] {cfg.name} interrupted; its last checkpoint is kept", file=sys.stderr)
         return 130
-    (cfg.run_dir / "compare_worker.json").write_text(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0's peak
+        (cfg.run_dir / "compare_worker.json").write_text(
+            json.dumps({"peak_rss_mb": peak_rss_mb()}))
     return 0
 
 
