@@ -56,4 +56,4 @@ def test_wheel_runs_outside_the_checkout(tmp_path: Path):
     dry = _run([hf, "compare", "smoke", "--dry-run"], work, env).stdout
     assert "n_layers" in dry and str(ROOT) not in dry
     assert "n_layers" in _run([hf, "train", "tiny", "--dry-run"], work, env).stdout
-    assert "extends: default" in _run([hf, "config", "show", "compare/smoke"], work, env).stdout
+    assert "extends: small" in _run([hf, "config", "show", "compare/smoke"], work, env).stdout
