@@ -113,6 +113,7 @@ class AttentionResidual(Connection):
     ``final_norm_weight``. See the module docstring for the equations and the state layout.
     """
 
+    equals_prenorm_at_init = False  # a mean, not a sum: Pre-Norm only up to the norms' eps
     kind = "attnres"
     dynamic = True  # the weights depend on the sources
     #: slots of the state ``expand`` returns; sublayer l's state has :attr:`n_sources` slots

@@ -42,6 +42,9 @@ class Connection(nn.Module):
     kind: str = "abstract"
     #: False only for Post-Norm: a block must not put its own norm in front of the branch.
     uses_prenorm: bool = True
+    #: False where the network at init equals Pre-Norm only approximately (AttnRes: its reads
+    #: average the sources, equal only up to the norms' eps): ``hyperfrac convert`` refuses it.
+    equals_prenorm_at_init: ClassVar[bool] = True
     #: The spec option that sets the slot count (``n_streams``, ``n_fracs``), or None.
     slot_option: ClassVar[str | None] = None
     #: S, slots of the stream state per token (1: the hidden state itself).

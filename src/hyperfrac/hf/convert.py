@@ -83,6 +83,14 @@ def lm_config_from_hf(c: Any, connection: dict[str, Any]) -> LMConfig:
             f"connection kind {spec['kind']!r} is not Pre-Norm; the converted model would "
             f"compute a different function. Choose one of {', '.join(prenorm)}"
         )
+    if not connection_class(spec["kind"]).equals_prenorm_at_init:
+        raise ValueError(
+            f"connection kind {spec['kind']!r} equals the Pre-Norm network at init only up to "
+            "its norms' eps (AttnRes reads a mean of its sources: RMSNorm(h/S, eps) = "
+            "RMSNorm(h, S^2 eps)), so the converted model would not reproduce the source "
+            "(max logit difference 0.11 on a small random Llama); convert to a Pre-Norm kind "
+            "and train AttnRes from scratch"
+        )
     if connection.get("kind") == "mhc" and connection.get("n_streams", 4) < 2:
         raise ValueError(
             "mhc with n_streams=1 scales the branch input by pre_init; use n_streams >= 2"
