@@ -27,7 +27,7 @@ def test_bench_connections_writes_json_and_markdown(tmp_path):
         assert len(r["times_ms"]) == 2 and r["median_ms"] > 0
         # ratios are paired within each round
         paired = [a / b for a, b in zip(r["times_ms"], base, strict=True)]
-        assert r["ratio_rounds"] == pytest.approx(paired, rel=1e-2)
+        assert r["ratio_rounds"] == pytest.approx(paired, rel=2e-3)
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
         assert r["minor_faults_per_step"] >= 0
     # recomputation drops the branch input from the saved activations

@@ -336,7 +336,7 @@ def _summarise(results: dict[str, Result], mode: str) -> list[dict]:
             "saved_ratio": round(r.saved_mib / ref.saved_mib, 3),
             "extra_params": r.extra_params,
             "compile_s": round(r.compile_s, 1),
-            "times_ms": [round(t, 2) for t in r.times_ms],
+            "times_ms": [round(t, 4) for t in r.times_ms],
         }
         target = TARGETS.get((mode, name))
         if target is not None:
