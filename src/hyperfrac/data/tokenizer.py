@@ -15,6 +15,11 @@ from pathlib import Path
 import numpy as np
 
 EOS = "<|endoftext|>"
+"""End-of-text token, the only special token of the trained vocabulary; documents are
+separated by it, so a model learns to emit it at the end of a text."""
+PAD = "<|pad|>"
+"""Pad token of exported tokenizers (:func:`hyperfrac.hf.export.load_bpe_tokenizer` appends it
+after the trained vocabulary; the data never contain it)."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2):

@@ -26,6 +26,9 @@ parameters keep their Pre-Norm-equivalent initialisation; every other weight is 
 HC sqrt(n) output-projection init is applied: the copied weights replace it).
 
 RoPE scaling ``linear`` and ``llama3`` (Llama 3.1/3.2) carry over (``LMConfig.rope_scaling``).
+Special tokens: the source config's bos/eos/pad ids and its whole generation config (eos list,
+sampling defaults) carry over, so ``generate`` stops where the source model's does.
+
 Refused with a message: other activations, ``head_dim != hidden_size / heads``, other rope
 scalings (dynamic, yarn, longrope, ...), ``attention_bias``/``mlp_bias`` on Llama, and
 ``postnorm`` (not Pre-Norm). Sliding-window attention (Mistral, Qwen2) equals full attention
@@ -34,6 +37,7 @@ for sequences no longer than the window, so ``max_seq_len`` is capped at the win
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +187,11 @@ def convert_hf_model(src, connection: dict[str, Any]):
     cfg = lm_config_from_hf(src.config, connection)
     sd = {k: v.detach() for k, v in src.state_dict().items()}
     dtype = next(iter(sd.values())).dtype
-    hf = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg))
+    tokens = {k: getattr(src.config, k, None) for k in ("bos_token_id", "eos_token_id",
+                                                       "pad_token_id")}
+    hf = HyperfracForCausalLM(HyperfracConfig.from_lm_config(cfg, **tokens))
+    if getattr(src, "generation_config", None) is not None:  # bos/eos/pad, sampling defaults
+        hf.generation_config = copy.deepcopy(src.generation_config)
     missing, unexpected = hf.model.load_state_dict(convert_state_dict(sd, cfg), strict=False)
     stray = [k for k in missing if "_conn." not in k and k != "lm_head.weight"] + unexpected
     if stray:

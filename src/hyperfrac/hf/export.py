@@ -120,28 +120,65 @@ def save_hf(model, out_dir: Path, *, tokenizer=None, remote_code: bool = True) -
     """``model.save_pretrained`` (safetensors) + the remote-code bundle + ``tokenizer``.
 
     ``tokenizer`` is a transformers tokenizer, a path to a ``tokenizer.json`` (hyperfrac's
-    byte-level BPE; saved as a fast tokenizer with ``<|endoftext|>`` as EOS) or None.
+    byte-level BPE; saved as a fast tokenizer with ``<|endoftext|>`` as EOS and ``<|pad|>`` as
+    pad, see :func:`load_bpe_tokenizer`) or None. The tokenizer's bos/eos/pad ids fill those
+    the model's config and generation config do not set yet (a converted model keeps its
+    source's), so ``generate`` stops at end of text.
     """
     out_dir = Path(out_dir)
     if remote_code:
         model.config.auto_map = dict(AUTO_MAP)
+    if tokenizer is not None:
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_bpe_tokenizer(Path(tokenizer), model.config.vocab_size)
+        wire_special_tokens(model, tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
     if remote_code:
         write_remote_code(out_dir)
     if tokenizer is not None:
-        if isinstance(tokenizer, (str, Path)):
-            tokenizer = load_bpe_tokenizer(Path(tokenizer))
         tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def load_bpe_tokenizer(path: Path):
-    """hyperfrac's ``tokenizer.json`` as a transformers fast tokenizer."""
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def wire_special_tokens(model, tokenizer) -> None:
+    """Copy the tokenizer's bos/eos/pad ids into ``model.config`` and ``model.generation_config``
+    where those are unset."""
+    gen = getattr(model, "generation_config", None)
+    for name in SPECIAL_TOKENS:
+        tid = getattr(tokenizer, name, None)
+        if tid is None:
+            continue
+        if tid >= model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer {name}={tid} lies outside the model's vocab_size="
+                f"{model.config.vocab_size}"
+            )
+        if getattr(model.config, name, None) is None:
+            setattr(model.config, name, tid)
+        if gen is not None and getattr(gen, name, None) is None:
+            setattr(gen, name, tid)
+
+
+def load_bpe_tokenizer(path: Path, vocab_size: int | None = None):
+    """hyperfrac's ``tokenizer.json`` as a transformers fast tokenizer: ``<|endoftext|>`` is
+    EOS; the pad token is ``<|pad|>``, a new id after the tokenizer's own when the model's
+    ``vocab_size`` has a spare embedding row (never seen in training; pads are masked), else
+    EOS. A distinct pad keeps collators that drop pad labels from dropping the EOS labels."""
     from transformers import PreTrainedTokenizerFast
 
-    from hyperfrac.data.tokenizer import EOS
+    from hyperfrac.data.tokenizer import EOS, PAD
 
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+    if PAD in tok.get_vocab():
+        tok.pad_token = PAD
+    elif vocab_size is not None and len(tok) < vocab_size:
+        tok.add_special_tokens({"pad_token": PAD})
+    else:
+        tok.pad_token = EOS
+    return tok
 
 
 def load_lm_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any, Path | None]:

@@ -30,6 +30,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Files of which an HF folder with a tokenizer has at least one."""
+
 
 def load_for_eval(path: Path, checkpoint: Path | None = None):
     """(HyperfracForCausalLM, transformers tokenizer) from a run folder or an HF folder."""
@@ -41,6 +44,11 @@ def load_for_eval(path: Path, checkpoint: Path | None = None):
 
     path = Path(path)
     if (path / "config.json").is_file():
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                "source model's tokenizer files into it, or convert from a folder that has them"
+            )
         return HyperfracForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     lm, cfg, tok = load_lm_run(path, checkpoint)
     if tok is None:

@@ -14,11 +14,13 @@ D width.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from hyperfrac.connections import validate_spec
@@ -124,6 +126,12 @@ class ViT(nn.Module):
             init_linear(block.ffn.w_out, std * float(block.ffn_conn.output_scale))
         init_linear(self.head, std)
 
+    gradient_checkpointing = False
+    """Recompute each block in backward (``train.activation_checkpointing``); set from outside."""
+    _gradient_checkpointing_func = functools.partial(
+        torch.utils.checkpoint.checkpoint, use_reentrant=False
+    )
+
     def forward(self, images: Tensor) -> Tensor:
         """images: (B, C, H, W) -> logits (B, num_classes)."""
         x = self.patch(images).flatten(2).transpose(1, 2)  # (B, P, D)
@@ -132,8 +140,9 @@ class ViT(nn.Module):
         x = x + self.pos
         conn = self.blocks[0].attn_conn
         h = conn.expand(x)
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h)
+            h = self._gradient_checkpointing_func(block, h) if checkpoint else block(h)
         x = self.norm(conn.reduce(h))  # (B, P, D)
         pooled = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (B, D)
         return self.head(pooled)

@@ -103,6 +103,10 @@ class TrainConfig:
     """fp32 | bf16 (autocast; fp32 master weights and optimizer state)."""
     compile: bool = False
     """torch.compile the model (inductor)."""
+    activation_checkpointing: bool = False
+    """Recompute every block in the backward pass instead of keeping its activations
+    (``torch.utils.checkpoint``, per block; language models). Composes with a connection's own
+    ``recompute``; gradients are those without it, at the cost of recomputing each block."""
     parallel: str = "ddp"
     """How several processes (``torchrun --nproc_per_node=N``) share the work: ddp (each rank
     holds the whole model, gradients all-reduced) | fsdp (FSDP2: ``fully_shard`` on every block
@@ -183,6 +187,11 @@ class LogConfig:
     """Progress bar: auto (only on a terminal) | always | never."""
     tensorboard: bool = False
     """Also write TensorBoard events (needs the ``tensorboard`` package)."""
+    wandb: str = "disabled"
+    """Also log to Weights & Biases (W&B's mode names): disabled | online | offline (writes
+    ``run_dir/wandb``, no network; ``wandb sync`` uploads later). Needs
+    ``pip install 'hyperfrac[wandb]'``. The W&B run is named after the run folder; the
+    project is ``$WANDB_PROJECT``, else ``hyperfrac``."""
 
 
 @dataclass
@@ -295,7 +304,8 @@ CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     TrainConfig: {"precision": PRECISIONS, "on_nonfinite": ("skip", "raise"),
                   "parallel": ("ddp", "fsdp")},
     CheckpointConfig: {"format": ("auto", "full", "sharded")},
-    LogConfig: {"progress": ("auto", "always", "never")},
+    LogConfig: {"progress": ("auto", "always", "never"),
+                "wandb": ("disabled", "online", "offline")},
     LMConfig: {"stream_head": STREAM_HEADS},
 }
 """Allowed words of every enumerated string field, by section class."""

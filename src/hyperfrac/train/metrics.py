@@ -1,10 +1,12 @@
 """Run logging: ``metrics.jsonl`` always, a console line every N steps, optional progress bar
-(only on a terminal) and optional TensorBoard. Only rank 0 writes."""
+(only on a terminal), optional TensorBoard and optional Weights & Biases (``log.wandb``:
+online, or offline into ``run_dir/wandb`` without network). Only rank 0 writes."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,12 +33,15 @@ class MetricsLogger:
         start_step: int = 0,
         progress: str = "auto",
         tensorboard: bool = False,
+        wandb: str = "disabled",
+        config: dict[str, Any] | None = None,
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._bar = None
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +60,8 @@ class MetricsLogger:
             except ImportError as e:
                 raise ImportError("log.tensorboard=true needs `pip install tensorboard`") from e
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if wandb != "disabled":
+            self._wandb = _start_wandb(run_dir, wandb, config)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop records of steps after the checkpoint (they will be redone)."""
@@ -79,6 +86,11 @@ class MetricsLogger:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, rec.get("step", 0))
+        if self._wandb is not None:
+            scalars = {k: v for k, v in rec.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            if scalars:
+                self._wandb.log(scalars, step=rec.get("step", 0))
 
     def print(self, line: str) -> None:
         if not self.enabled:
@@ -100,6 +112,28 @@ class MetricsLogger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _start_wandb(run_dir: Path, mode: str, config: dict[str, Any] | None):
+    """A W&B run for ``run_dir`` (one id per run folder, so a resumed run continues it) in
+    project ``$WANDB_PROJECT`` or ``hyperfrac``."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError(
+            f"log.wandb={mode} needs Weights & Biases: pip install 'hyperfrac[wandb]' "
+            "(or set log.wandb=disabled)"
+        ) from e
+    id_file = run_dir / "wandb_id.txt"
+    if not id_file.is_file():
+        id_file.write_text(wandb.util.generate_id() + "\n")
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "hyperfrac"), name=run_dir.name,
+        id=id_file.read_text().strip(), resume="allow", dir=str(run_dir), mode=mode,
+        config=config,
+    )
 
 
 class StepReporter:

@@ -110,6 +110,13 @@ class Trainer:
             self.device
         )
         self.n_params = count_params(self.model)
+        if cfg.train.activation_checkpointing:  # per block, inside any compile or FSDP unit
+            if not hasattr(self.model, "gradient_checkpointing"):
+                raise ValueError(
+                    f"train.activation_checkpointing: {type(self.model).__name__} has no "
+                    "per-block checkpointing; set it to false"
+                )
+            self.model.gradient_checkpointing = True
         if cfg.train.compile:
             compile_blocks(self.model)
         # DDP wraps the model; FSDP2 shards it in place (self.model is then the sharded root)
@@ -380,12 +387,14 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
         self.logger = log = MetricsLogger(
             self.run_dir, total_steps=total, start_step=self.step, progress=cfg.log.progress,
-            tensorboard=cfg.log.tensorboard, enabled=self.is_main,
+            tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, config=to_dict(cfg),
+            enabled=self.is_main,
         )
         log.print(
             f"run {self.run_dir} | {self.n_params / 1e6:.2f}M params | connection "
             f"{cfg.model.connection} | {cfg.train.precision}"
-            f"{' compiled' if cfg.train.compile else ''} | {self.device}"
+            f"{' compiled' if cfg.train.compile else ''}"
+            f"{' checkpointed' if cfg.train.activation_checkpointing else ''} | {self.device}"
             + (f" | resumed from {self.resumed_from.name}" if self.resumed_from else "")
         )
         reporter = StepReporter(
