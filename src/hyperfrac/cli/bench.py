@@ -1,7 +1,8 @@
-"""`hyperfrac bench connections|train`: benchmarks that print a table and write JSON.
+"""`hyperfrac bench connections|train|profile`: benchmarks that print a table and write JSON.
 
 The flags map one to one onto the keyword arguments of
-:func:`hyperfrac.bench.connections.run` and :func:`hyperfrac.train.bench.run_train_bench`,
+:func:`hyperfrac.bench.connections.run`, :func:`hyperfrac.train.bench.run_train_bench` and
+:func:`hyperfrac.bench.profile.run_profile`,
 whose signatures hold the defaults (both modules are torch-only).
 """
 
@@ -64,8 +65,32 @@ def _run_train(args: argparse.Namespace) -> dict:
     )
 
 
+def _profile_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    p.add_argument("--preset", default=d["preset"], help=f"model preset (default {d['preset']})")
+    p.add_argument("--kinds", default=d["kinds"],
+                   help=f"comma-separated kind[:n] list (default {d['kinds']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--seq-len", type=int, default=d["seq_len"])
+    p.add_argument("--steps", type=int, default=d["steps"], help="measured steps (median)")
+    p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed steps per kind first")
+    p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=d["threads"], help="torch threads")
+    p.add_argument("--out", default=d["out"])
+
+
+def _run_profile(args: argparse.Namespace) -> dict:
+    from hyperfrac.bench.profile import run_profile
+
+    return run_profile(
+        preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
+        precision=args.precision, steps=args.steps, warmup=args.warmup, threads=args.threads,
+        out=args.out,
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from hyperfrac.bench import connections
+    from hyperfrac.bench import profile as profile_bench
     from hyperfrac.train import bench as train_bench
 
     p = subparsers.add_parser("bench", help="speed/memory benchmarks (ratios to residual)")
@@ -77,3 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="training-step tokens/s and memory per connection kind")
     _train_arguments(t, _defaults(train_bench.run_train_bench))
     t.set_defaults(func=_run_train)
+    f = sub.add_parser("profile", help="step time split (connections/branches/optimizer), "
+                                       "bytes per token-layer, bandwidth floor")
+    _profile_arguments(f, _defaults(profile_bench.run_profile))
+    f.set_defaults(func=_run_profile)
