@@ -51,11 +51,11 @@ def test_cli_maps_every_flag_onto_the_keyword_arguments(monkeypatch, tmp_path: P
     rc = main(["bench", "train", "--preset", "tiny", "--kinds", "dfc:2", "--batch-size", "3",
                "--seq-len", "7", "--steps", "4", "--rounds", "5", "--warmup", "0",
                "--precision", "fp32", "--compile", "--threads", "1", "--device", "cpu",
-               "--no-memory", "--out", str(tmp_path / "x.json")])
+               "--no-memory", "--fp32-state", "--out", str(tmp_path / "x.json")])
     assert rc == 0
     assert seen == dict(preset="tiny", kinds="dfc:2", batch_size=3, seq_len=7, steps=4, rounds=5,
                         warmup=0, precision="fp32", compile=True, threads=1, device="cpu",
-                        memory=False, out=str(tmp_path / "x.json"))
+                        memory=False, fp32_state=True, out=str(tmp_path / "x.json"))
     assert set(seen) == set(inspect.signature(run_train_bench).parameters)
 
 

@@ -51,6 +51,8 @@ def _train_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     p.add_argument("--threads", type=int, default=d["threads"], help="torch threads on CPU")
     p.add_argument("--device", default=d["device"])
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--fp32-state", action="store_true",
+                   help="keep stream states fp32 under bf16 (default: the training precision)")
     p.add_argument("--out", default=d["out"])
 
 
@@ -61,7 +63,7 @@ def _run_train(args: argparse.Namespace) -> dict:
         preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
         steps=args.steps, rounds=args.rounds, warmup=args.warmup, precision=args.precision,
         compile=args.compile, threads=args.threads, device=args.device,
-        memory=not args.no_memory, out=args.out,
+        memory=not args.no_memory, fp32_state=args.fp32_state, out=args.out,
     )
 
 
@@ -75,6 +77,8 @@ def _profile_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed steps per kind first")
     p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
     p.add_argument("--threads", type=int, default=d["threads"], help="torch threads")
+    p.add_argument("--fp32-state", action="store_true",
+                   help="keep stream states fp32 under bf16 (default: the training precision)")
     p.add_argument("--out", default=d["out"])
 
 
@@ -84,7 +88,7 @@ def _run_profile(args: argparse.Namespace) -> dict:
     return run_profile(
         preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
         precision=args.precision, steps=args.steps, warmup=args.warmup, threads=args.threads,
-        out=args.out,
+        fp32_state=args.fp32_state, out=args.out,
     )
 
 

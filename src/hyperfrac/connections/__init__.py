@@ -35,6 +35,7 @@ from hyperfrac.connections.registry import (
     validate_spec,
 )
 from hyperfrac.connections.residual import PostNorm, Residual
+from hyperfrac.connections.streams import fp32_stream_state
 
 __all__ = [
     "KINDS",
@@ -54,6 +55,7 @@ __all__ = [
     "amax_gain",
     "build",
     "connection_class",
+    "fp32_stream_state",
     "options_for",
     "overhead",
     "register",

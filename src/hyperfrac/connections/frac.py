@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hyperfrac.connections.mixing import DynamicMixing
+from hyperfrac.connections.streams import state_in_training_precision
 
 
 class FracConnection(DynamicMixing):
@@ -56,8 +57,10 @@ class FracConnection(DynamicMixing):
         return torch.eye(self.n_slots)  # FC Eq. 15: Y = I
 
     def expand(self, x: Tensor) -> Tensor:
-        """Split the hidden state into m fractions (FC Eq. 6)."""
+        """Split the hidden state into m fractions (FC Eq. 6), in the training precision
+        (:func:`~hyperfrac.connections.streams.state_in_training_precision`)."""
         self._check_input(x, "input")
+        x = state_in_training_precision(x)
         m, ds = self.n_slots, self.slot_dim
         if self.channel_first:
             return x.unflatten(1, (m, ds))  # (B, C, *sp) -> (B, m, C/m, *sp)

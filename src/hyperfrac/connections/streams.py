@@ -20,12 +20,40 @@ counted once in the overheads (parameters n*D, FLOPs n*D per token).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from hyperfrac.connections.base import StreamConnection
+
+_FP32_STATE = [False]
+
+
+@contextlib.contextmanager
+def fp32_stream_state(enabled: bool = True) -> Iterator[None]:
+    """Keep the stream state in float32 under autocast (the behaviour before the state
+    followed the training precision); ``enabled=False`` restores the default inside."""
+    previous = _FP32_STATE[0]
+    _FP32_STATE[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _FP32_STATE[0] = previous
+
+
+def state_in_training_precision(h: Tensor) -> Tensor:
+    """The stream state in the training precision (DeepSeek-V4 keeps its n streams in the
+    model dtype): under ``torch.autocast`` a float32 state is cast to the autocast dtype, so
+    the n-wide state is stored, saved for backward and read in bf16. The kernels still
+    compute the coefficients and accumulate the mixing in float32
+    (:mod:`hyperfrac.connections.functional`). Off inside :func:`fp32_stream_state`."""
+    device = h.device.type
+    if _FP32_STATE[0] or h.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return h
+    return h.to(torch.get_autocast_dtype(device))
 
 
 class CopiedStreams(StreamConnection):
@@ -70,11 +98,13 @@ class CopiedStreams(StreamConnection):
         return super().flops_per_token() + extra  # + E in expand
 
     def expand(self, x: Tensor) -> Tensor:
-        """Copy the hidden state into n identical streams (HC §2.1); with ``stream_embed``
-        the layer-0 connection adds E to them (module docstring)."""
+        """Copy the hidden state into n identical streams (HC §2.1), in the training precision
+        (:func:`state_in_training_precision`); with ``stream_embed`` the layer-0 connection
+        adds E to them (module docstring)."""
         self._check_input(x, "input")
         n = self.n_slots
         # materialised (not a stride-0 view): the kernels' bmm falls off its fast path otherwise
+        x = state_in_training_precision(x)
         if self.channel_first:
             return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:]).contiguous()  # (B,n,C,*sp)
         return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()  # (..., n, D)

@@ -49,7 +49,7 @@ import torch
 from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
-from hyperfrac.connections import connection_class, validate_spec
+from hyperfrac.connections import connection_class, fp32_stream_state, validate_spec
 from hyperfrac.precision import autocast as precision_autocast
 
 DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
@@ -90,6 +90,7 @@ class ArmSettings:
     precision: str = "bf16"
     compile: bool = False
     threads: int | None = None
+    fp32_state: bool = False  # keep stream states fp32 under autocast (default: bf16 in bf16)
 
 
 class _Arm:
@@ -121,7 +122,7 @@ class _Arm:
     def step(self) -> None:
         ctx = precision_autocast(self.device.type, self.settings.precision)
         self.opt.zero_grad(set_to_none=True)
-        with ctx:
+        with ctx, fp32_stream_state(self.settings.fp32_state):
             out = self.fwd(self.x, self.y)
         (out.loss + out.aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -136,7 +137,7 @@ class _Arm:
         ctx = precision_autocast(self.device.type, self.settings.precision)
 
         def forward():
-            with ctx:
+            with ctx, fp32_stream_state(self.settings.fp32_state):
                 return self.model(self.x, self.y)  # eager: compiled graphs save differently
 
         return saved_tensor_bytes(forward, exclude=self.model.parameters())
@@ -254,11 +255,14 @@ def run_train_bench(
     threads: int | None = None,
     device: str = "auto",
     memory: bool = True,
+    fp32_state: bool = False,
     out: str | Path = "bench_results/train.json",
 ) -> dict[str, Any]:
     """Time a training step of ``preset`` for each connection in ``kinds`` (``kind[:n]``,
     comma-separated; the first is the baseline of the ratios); returns the JSON written to
-    ``out``. ``memory=False`` skips the saved-activation and peak-memory measurements."""
+    ``out``. ``memory=False`` skips the saved-activation and peak-memory measurements;
+    ``fp32_state`` keeps the stream states in float32 under bf16 autocast (by default they
+    follow the training precision, :func:`hyperfrac.connections.fp32_stream_state`)."""
     from hyperfrac.train.trainer import resolve_device
 
     _check_counts(batch_size=(batch_size, 1), seq_len=(seq_len, 1), steps=(steps, 1),
@@ -270,11 +274,13 @@ def run_train_bench(
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
     steady = steady_allocator()
-    settings = ArmSettings(preset, batch_size, seq_len, precision, bool(compile), threads)
+    settings = ArmSettings(preset, batch_size, seq_len, precision, bool(compile), threads,
+                           bool(fp32_state))
     arms = [_Arm(c, settings, dev) for c in conns]
     print(
         f"[bench train] {preset}, batch {batch_size}x{seq_len}, "
-        f"{precision}{' compiled' if compile else ''}, {dev}, "
+        f"{precision}{' compiled' if compile else ''}{', fp32 state' if fp32_state else ''}, "
+        f"{dev}, "
         f"{torch.get_num_threads()} threads; {rounds} rounds x {steps} steps",
         file=sys.stderr,
     )

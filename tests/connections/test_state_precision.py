@@ -1,0 +1,81 @@
+"""The stream state in the training precision: bf16 under bf16 autocast, fp32 on request.
+
+Tolerances: a bf16 state rounds each stream to 8 bits of mantissa (relative 2^-9 = 0.2 % per
+element), once per sublayer; the coefficients and the mixing are still computed in fp32. We
+require the loss of a tiny LM within 1 % and its gradient within cosine 0.99 of the fp32-state
+run, and a short paired training run to end within 2 % of the fp32-state loss.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperfrac.connections import build, fp32_stream_state
+from hyperfrac.models import build_preset
+
+KINDS = [("dhc", {"n_streams": 4}), ("dfc", {"n_fracs": 4}), ("mhc", {"n_streams": 4}),
+         ("mhc", {"n_streams": 2, "flavor": "deepseek-v4"}), ("mhc-lite", {"n_streams": 2})]
+
+
+def _bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind,opts", KINDS)
+def test_expand_follows_the_autocast_dtype(kind, opts) -> None:
+    conn = build(kind, 32, layer_idx=0, **opts)
+    x = torch.randn(2, 3, 32)
+    assert conn.expand(x).dtype == torch.float32
+    with _bf16():
+        assert conn.expand(x).dtype == torch.bfloat16
+        with fp32_stream_state():
+            assert conn.expand(x).dtype == torch.float32
+            with fp32_stream_state(False):
+                assert conn.expand(x).dtype == torch.bfloat16
+        assert conn.expand(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind,opts", KINDS[:3])
+def test_bf16_state_matches_fp32_state(kind, opts) -> None:
+    torch.manual_seed(0)
+    model = build_preset("tiny", connection={"kind": kind, **opts})
+    with torch.no_grad():  # random connection parameters, not the Pre-Norm init
+        for name, p in model.named_parameters():
+            if "conn" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    x = torch.randint(0, model.cfg.vocab_size, (2, 32))
+
+    def run():
+        model.zero_grad()
+        with _bf16():
+            loss = model(x, x).loss
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()
+                                         if p.grad is not None])
+
+    with fp32_stream_state():
+        loss32, g32 = run()
+    loss16, g16 = run()
+    assert abs(loss16 - loss32) / loss32 < 0.01
+    assert F.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+@pytest.mark.parametrize("kind,opts", KINDS[:2])
+def test_short_training_run_is_unchanged_by_a_bf16_state(kind, opts) -> None:
+    def train(fp32: bool) -> float:
+        torch.manual_seed(0)
+        model = build_preset("tiny", connection={"kind": kind, **opts})
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randint(0, model.cfg.vocab_size, (4, 32), generator=g)
+        with fp32_stream_state(fp32):
+            for _ in range(25):
+                opt.zero_grad()
+                with _bf16():
+                    loss = model(x, x).loss
+                loss.backward()
+                opt.step()
+        return loss.item()
+
+    loss32, loss16 = train(True), train(False)
+    assert abs(loss16 - loss32) / loss32 < 0.02, (loss16, loss32)
