@@ -62,7 +62,7 @@ def test_config_list_show_copy(tmp_path: Path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "  tiny" in out and "  compare/default" in out
     assert main(["config", "show", "compare/smoke"]) == 0
-    assert "extends: default" in capsys.readouterr().out
+    assert "extends: small" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
     assert main(["config", "copy", "tiny"]) == 0
     capsys.readouterr()
