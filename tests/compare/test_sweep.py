@@ -143,11 +143,17 @@ def test_sweep_end_to_end_picks_the_argmin_trains_at_it_and_resumes(tiny_dataset
             assert cfg.optim.lr == best and cfg.train.steps == 8
     summary = (tmp_path / "summary.md").read_text()
     assert "Learning-rate sweep" in summary and "chosen lr" in summary
+    line = next(x for x in summary.splitlines() if x.startswith("* dhc2:"))
+    assert f"lr {sw['chosen']['dhc2']:g} (baseline {sw['chosen']['residual']:g}" in line
+    assert ("a different rate" in line) == (sw["chosen"]["dhc2"] != sw["chosen"]["residual"])
     # a re-run trains nothing (sweep and main runs are finished)
     monkeypatch.setattr(driver, "train_in_process", lambda cfg: pytest.fail("retrained"))
     again = run_compare(spec, tmp_path, isolate=False, estimate=False, eval_batches=2,
                         figures=False, log=lambda m: None)
     assert again["lr_sweep"]["chosen"] == sw["chosen"]
+    part = run_compare(spec, tmp_path, isolate=False, estimate=False, eval_batches=2,
+                       figures=False, train=False, log=lambda m: None)  # --report-only
+    assert part["lr_sweep"]["chosen"] == sw["chosen"] and len(part["runs"]) == 4
 
 
 def test_default_preset_is_deep_seeded_and_has_held_out_text(tmp_path):

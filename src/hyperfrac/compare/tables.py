@@ -111,8 +111,11 @@ def verdict_lines(spec: CompareSpec, results: dict[str, Any]) -> list[str]:
             p += f", Holm-adjusted over {h['family']} arms {pval(h['p_adj'])}"
         line = (f"{a['label']}: {a['verdict'] or 'n/a'} — Δ {label(key)} vs {base} "
                 f"{delta_ci(d)} (95% CI, {_seeds(a)}, {p})")
-        if a.get("lr") is not None:
-            line += f"; lr {a['lr']:g} (baseline {arms[spec.baseline].get('lr') or 0:g})"
+        base_lr = arms[spec.baseline].get("lr")
+        if a.get("lr") is not None and base_lr is not None:
+            line += f"; lr {a['lr']:g} (baseline {base_lr:g}"
+            line += (", a different rate: this Δ is the connection's and the rate's effect "
+                     "together)" if a["lr"] != base_lr else ")")
         c = a.get("convergence")
         if c:
             line += (f"; speed-up to {base}'s final {label(c['metric'])}: "
