@@ -390,3 +390,22 @@ def test_lm_cached_decoding_equals_the_full_forward(block_size):
         parts = [model(idx[:, :6], cache=cache).logits]
         parts += [model(idx[:, t:t + 1], cache=cache).logits for t in range(6, 10)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("b", [None, 2])
+def test_collapse_is_the_sum_of_the_sources_at_any_depth(b):
+    """``collapse`` (used for output_hidden_states) works on intermediate states, where the
+    final read refuses: it returns Pre-Norm's residual stream, the sum of the sources."""
+    torch.manual_seed(0)
+    conns = [build("attnres", 8, layer_idx=i, n_sublayers=4, block_size=b) for i in range(4)]
+    h = conns[0].expand(torch.randn(2, 3, 8))
+    total = h.squeeze(-2).clone()
+    for c in conns[:3]:
+        lin = nn.Linear(8, 8)
+        out = []
+        h = c(h, lambda x, lin=lin: out.append(lin(x)) or out[-1])
+        total = total + out[-1]
+        torch.testing.assert_close(conns[0].collapse(h), total)
+    if b is None:  # 4 of the 5 slots filled
+        with pytest.raises(ValueError, match="expects a state of 5 sources"):
+            conns[0].reduce(h)

@@ -245,6 +245,13 @@ class AttentionResidual(Connection):
         y, _ = attend(self._to_last(h), self.final_query, self.final_norm_weight, self.eps)
         return y.movedim(-1, 1) if self.channel_first else y
 
+    def collapse(self, h: Tensor) -> Tensor:
+        """The sum of the sources so far: Pre-Norm's residual stream at that depth (the final
+        read needs all L sublayers' slots, so it cannot collapse an intermediate state)."""
+        self._check_state(h, None)
+        y = self._to_last(h).sum(dim=-2)  # (..., S, D) -> (..., D)
+        return y.movedim(-1, 1) if self.channel_first else y
+
     # ------------------------------------------------------------- introspection
     def attention_weights(self, h: Tensor, *, final: bool = False) -> Tensor:
         """alpha (..., S) this sublayer (or, ``final=True``, the final read) puts on each

@@ -85,6 +85,11 @@ class Connection(nn.Module):
     def reduce(self, h: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def collapse(self, h: Tensor) -> Tensor:
+        """The state at any depth as one width-D tensor, for ``output_hidden_states``: the
+        connection's ``reduce`` (HC/mHC: the streams' sum; FC: the fractions joined)."""
+        return self.reduce(h)
+
     def width_connection(self, h: Tensor) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
