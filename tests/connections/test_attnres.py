@@ -409,3 +409,13 @@ def test_collapse_is_the_sum_of_the_sources_at_any_depth(b):
     if b is None:  # 4 of the 5 slots filled
         with pytest.raises(ValueError, match="expects a state of 5 sources"):
             conns[0].reduce(h)
+
+
+def test_lm_hidden_states_with_attnres():
+    model = TransformerLM(LMConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, max_seq_len=16,
+                                   connection={"kind": "attnres", "block_size": 2}))
+    idx = torch.randint(0, 64, (2, 8))
+    out = model(idx, output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[0], model.embed(idx))
+    torch.testing.assert_close(out.logits, model(idx).logits)

@@ -191,9 +191,11 @@ class LMOutput(NamedTuple):
     """Detached MoE statistics (lb_loss, z_loss, dropped, load (L, E)); empty when dense."""
     hidden_states: tuple[Tensor, ...] | None = None
     """With ``output_hidden_states``: n_layers + 1 tensors (B, T, D), the *reduced* stream
-    state ``conn.reduce(h)`` after the embedding (``reduce(expand(x))``) and after each block;
-    the last one is before the final norm. HC/mHC's reduce sums the n streams, so a converted
-    model's states are n times the source model's. None otherwise."""
+    state ``conn.collapse(h)`` after the embedding and after each block; the last one is
+    before the final norm (and before a learned ``stream_head``). ``collapse`` is the
+    connection's ``reduce`` (HC/mHC sum the n streams, so a converted model's states are n times
+    the source model's) except for AttnRes, where it is the sum of the sources so far (Pre-Norm's
+    residual stream). None otherwise."""
 
 
 def _run_block(block: nn.Module, h: Tensor, rope, cache, mask, token_mask):
@@ -350,7 +352,7 @@ class TransformerLM(nn.Module):
         x = self.embed(idx)  # (B, T, D)
         h = self.streams.expand(x)  # HC: (B, T, n, D); FC: (B, T, m, D/m); residual: (B, T, D)
         aux: list[dict[str, Tensor]] = []
-        hidden = [self.streams.reduce(h)] if output_hidden_states else None
+        hidden = [self.streams.collapse(h)] if output_hidden_states else None
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if checkpoint and self.cfg.moe is not None and getattr(
             self._gradient_checkpointing_func, "keywords", {}
@@ -370,7 +372,7 @@ class TransformerLM(nn.Module):
             else:
                 h = block(h, rope, aux, cache, mask, token_mask)
             if hidden is not None:
-                hidden.append(self.streams.reduce(h))
+                hidden.append(self.streams.collapse(h))
         if self.stream_head is not None:
             x = self.norm(self.stream_head(h))  # (B, T, n, D) -> (B, T, D)
         else:
