@@ -62,7 +62,7 @@ def one_sgd_step(tmp_path, model, *, batch: int, accum: int, **args) -> tuple[di
         gradient_accumulation_steps=accum, max_steps=1, learning_rate=1.0, optim="sgd",
         lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1e9, logging_steps=1,
         report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-        train_sampling_strategy="sequential", **args,
+        **args,
     )
     trainer = HyperfracTrainer(model=model, args=targs, train_dataset=dataset(),
                                data_collator=collate)

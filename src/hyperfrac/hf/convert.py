@@ -205,7 +205,7 @@ def convert(
     """Local HF model folder -> hyperfrac HF folder (weights, config, remote code, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hyperfrac.hf.export import save_hf
+    from hyperfrac.hf.export import TOKENIZER_FILES, save_hf
 
     src_dir = Path(src_dir)
     if not (src_dir / "config.json").is_file():
@@ -213,10 +213,14 @@ def convert(
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     src = AutoModelForCausalLM.from_pretrained(src_dir, local_files_only=True, **kwargs)
     hf = convert_hf_model(src, connection)
-    try:
-        tok = AutoTokenizer.from_pretrained(src_dir, local_files_only=True)
-    except (OSError, ValueError):
-        tok = None
+    tok = None
+    if any((src_dir / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tok = AutoTokenizer.from_pretrained(src_dir, local_files_only=True)
+        except (OSError, ValueError):
+            tok = None
+    if tok is None:
+        print(f"[convert] {src_dir} has no tokenizer; converting the model only")
     return save_hf(hf, out_dir, tokenizer=tok)
 
 

@@ -141,6 +141,9 @@ def save_hf(model, out_dir: Path, *, tokenizer=None, remote_code: bool = True) -
 
 
 SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Files of which an HF folder with a tokenizer has at least one (some transformers versions
+return an empty placeholder tokenizer for a folder without any)."""
 
 
 def wire_special_tokens(model, tokenizer) -> None:

@@ -30,16 +30,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-"""Files of which an HF folder with a tokenizer has at least one."""
-
 
 def load_for_eval(path: Path, checkpoint: Path | None = None):
     """(HyperfracForCausalLM, transformers tokenizer) from a run folder or an HF folder."""
     from transformers import AutoTokenizer
 
     from hyperfrac.hf.configuration_hyperfrac import HyperfracConfig
-    from hyperfrac.hf.export import load_bpe_tokenizer, load_lm_run
+    from hyperfrac.hf.export import TOKENIZER_FILES, load_bpe_tokenizer, load_lm_run
     from hyperfrac.hf.modeling_hyperfrac import HyperfracForCausalLM
 
     path = Path(path)
