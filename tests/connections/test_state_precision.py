@@ -79,3 +79,42 @@ def test_short_training_run_is_unchanged_by_a_bf16_state(kind, opts) -> None:
 
     loss32, loss16 = train(True), train(False)
     assert abs(loss16 - loss32) / loss32 < 0.02, (loss16, loss32)
+
+
+@pytest.mark.parametrize("kind,opts", KINDS)
+def test_branch_input_is_fp32_under_autocast_and_the_state_dtype_without(kind, opts) -> None:
+    conn = build(kind, 32, layer_idx=0, **opts)
+    seen = []
+
+    def branch(x):
+        seen.append(x.dtype)
+        return x
+
+    x = torch.randn(2, 3, 32)
+    with _bf16():
+        out = conn(conn.expand(x), branch)
+    assert seen[-1] == torch.float32 and out.dtype == torch.bfloat16
+    with _bf16():
+        assert conn.reduce(out).dtype == torch.float32  # the head reads fp32, as residual's
+    conn.to(torch.bfloat16)  # a bf16 model without autocast: bf16 throughout
+    out = conn(conn.expand(x.bfloat16()), branch)
+    assert seen[-1] == torch.bfloat16 and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind,opts", [("dhc", {"n_streams": 4}), ("dfc", {"n_fracs": 4})])
+def test_recompute_under_autocast_gives_the_same_gradients(kind, opts) -> None:
+    torch.manual_seed(0)
+    branch = torch.nn.Sequential(torch.nn.LayerNorm(32), torch.nn.Linear(32, 32))
+    x = torch.randn(2, 5, 32)
+    grads = []
+    for recompute in (False, True):
+        conn = build(kind, 32, layer_idx=0, recompute=recompute, **opts)
+        with torch.no_grad():
+            for p in conn.parameters():
+                p.add_(0.1 * torch.randn_like(p, generator=torch.Generator().manual_seed(3)))
+        branch.zero_grad()
+        with _bf16():
+            loss = conn.reduce(conn(conn.expand(x), branch)).float().square().sum()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in branch.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0])

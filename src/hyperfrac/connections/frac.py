@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hyperfrac.connections import functional as kernels
 from hyperfrac.connections.mixing import DynamicMixing
 from hyperfrac.connections.streams import state_in_training_precision
 
@@ -67,9 +68,11 @@ class FracConnection(DynamicMixing):
         return x.unflatten(-1, (m, ds))  # (..., D) -> (..., m, D/m)
 
     def reduce(self, h: Tensor) -> Tensor:
-        """Join the fractions back into the hidden state (FC Alg. 1)."""
+        """Join the fractions back into the hidden state (FC Alg. 1); fp32 for a bf16 state
+        under autocast (:func:`~hyperfrac.connections.functional.branch_dtype`)."""
         self._check_state(h)
-        return h.flatten(1, 2) if self.channel_first else h.flatten(-2)
+        x = h.flatten(1, 2) if self.channel_first else h.flatten(-2)
+        return x.to(kernels.branch_dtype(h))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, n_fracs={self.n_slots}, frozen={self.frozen}"

@@ -15,7 +15,8 @@ copy) and the gradient of ``h`` is produced in as few memory passes as possible.
 and backward are checked against a float64 transcription of the equations and ``gradcheck``.
 
 Coefficients and mixing are computed in float32 whatever the input dtype (FC App. A does the
-mixing matmul in fp32 and casts back); results are cast back to the state dtype.
+mixing matmul in fp32 and casts back); new states are cast back to the state dtype, branch
+inputs to :func:`branch_dtype` (fp32 for a bf16 state under autocast).
 
 Axis legend: N tokens (all leading dims flattened), S slots, R branch-input slots, Ds slot
 width, K projection outputs.
@@ -30,6 +31,7 @@ from torch import Tensor
 
 __all__ = [
     "activation",
+    "branch_dtype",
     "depth_apply",
     "dynamic_width",
     "mixing_coefficients",
@@ -165,11 +167,11 @@ class _WidthApply(torch.autograd.Function):
 
     @staticmethod
     @_fp32_region
-    def forward(ctx, h: Tensor, p: Tensor) -> Tensor:
+    def forward(ctx, h: Tensor, p: Tensor, out_dtype: torch.dtype) -> Tensor:
         h32 = _f32(h)
         x = torch.bmm(p.to(h32.dtype).transpose(1, 2), h32)  # (N, R, S) @ (N, S, Ds)
         ctx.save_for_backward(h, p)
-        return x.to(h.dtype)
+        return x.to(out_dtype)
 
     @staticmethod
     @_fp32_region
@@ -187,17 +189,27 @@ class _WidthApply(torch.autograd.Function):
             grad_h = grad_h.to(h.dtype)
         if ctx.needs_input_grad[1]:
             grad_p = torch.bmm(h32, gx.transpose(1, 2)).to(p.dtype)  # (N, S, Ds) @ (N, Ds, R)
-        return grad_h, grad_p
+        return grad_h, grad_p, None
 
 
 def width_apply(h: Tensor, p: Tensor) -> Tensor:
     """Width connection ``x = P^T h`` (HC Eq. 2, FC Eq. 8). h: (N, S, Ds); P: (N, S, R) or (S, R).
 
-    Returns (N, R, Ds) in the dtype of ``h``; accumulation in float32.
+    Returns (N, R, Ds) in :func:`branch_dtype`; accumulation in float32.
     """
     if p.dim() == 2:  # static: a real (not stride-0) batch keeps bmm on its fast path
         p = p.expand(h.shape[0], *p.shape).contiguous()
-    return _WidthApply.apply(h, p)
+    return _WidthApply.apply(h, p, branch_dtype(h))
+
+
+def branch_dtype(h: Tensor) -> torch.dtype:
+    """dtype of the branch input computed from a state ``h``: float32 for a low-precision
+    state under autocast (the mixing is accumulated in fp32 anyway; the branch, whose first op
+    is a norm, then reads fp32 as the residual's branch does, which keeps the norm on its
+    fused kernel and its saved input the one tensor ``recompute`` drops), else h's dtype."""
+    if h.dtype in (torch.float32, torch.float64) or not torch.is_autocast_enabled(h.device.type):
+        return h.dtype
+    return torch.float32
 
 
 def activation(logits: Tensor, tanh: bool) -> Tensor:
@@ -239,7 +251,8 @@ class _DynamicWidth(torch.autograd.Function):
 
     @staticmethod
     @_fp32_region
-    def forward(ctx, h, w, static_alpha, static_beta, alpha_scale, beta_scale, mode, eps, tanh):
+    def forward(ctx, h, w, static_alpha, static_beta, alpha_scale, beta_scale, mode, eps, tanh,
+                out_dtype):
         h32 = _f32(h)
         cdt = h32.dtype
         r = static_alpha.shape[1] - static_alpha.shape[0]
@@ -255,7 +268,7 @@ class _DynamicWidth(torch.autograd.Function):
         )
         p_out = p.detach().contiguous()  # for recomputing x; gradients flow through x only
         ctx.mark_non_differentiable(p_out)
-        return x.to(h.dtype), p_out, alpha[..., r:].contiguous(), beta
+        return x.to(out_dtype), p_out, alpha[..., r:].contiguous(), beta
 
     @staticmethod
     @_fp32_region
@@ -291,7 +304,8 @@ class _DynamicWidth(torch.autograd.Function):
         return (grad_h.to(h.dtype), None if grad_w is None else grad_w.to(w.dtype),
                 grad_sa.to(static_alpha.dtype), grad_sb.to(static_beta.dtype),
                 grad_scale_a.to(alpha_scale.dtype).reshape(alpha_scale.shape),
-                grad_scale_b.to(beta_scale.dtype).reshape(beta_scale.shape), None, None, None)
+                grad_scale_b.to(beta_scale.dtype).reshape(beta_scale.shape), None, None, None,
+                None)
 
 
 def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, norm="layernorm",
@@ -305,7 +319,7 @@ def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, n
     if norm not in _NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")
     return _DynamicWidth.apply(h, w, static_alpha, static_beta, alpha_scale, beta_scale, norm,
-                               eps, tanh)
+                               eps, tanh, branch_dtype(h))
 
 
 class _DepthApply(torch.autograd.Function):

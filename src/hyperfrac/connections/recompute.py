@@ -35,6 +35,11 @@ class RecomputeInput:
         self.ptr = x.untyped_storage().data_ptr()
         self.x_offset = x.storage_offset()
         self.recompute_fn = recompute
+        # backward runs outside autocast: rebuild under the forward's autocast state, so that
+        # x comes out in the same dtype and with the same values (functional.branch_dtype)
+        self.device = x.device.type
+        self.autocast = torch.is_autocast_enabled(self.device)
+        self.autocast_dtype = torch.get_autocast_dtype(self.device)
         self.cache: Tensor | None = None
         top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
         outer = top(False) if top is not None else None
@@ -49,7 +54,8 @@ class RecomputeInput:
         if not isinstance(packed, _XView):
             return self.outer_unpack(packed) if self.outer_unpack is not None else packed
         if self.cache is None:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(self.device, dtype=self.autocast_dtype,
+                                                 enabled=self.autocast):
                 self.cache = self.recompute_fn()
         return self.cache.as_strided(
             packed.size, packed.stride, self.cache.storage_offset() + packed.offset

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from hyperfrac.connections import functional as kernels
 from hyperfrac.connections.base import StreamConnection
 
 _FP32_STATE = [False]
@@ -110,6 +111,7 @@ class CopiedStreams(StreamConnection):
         return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()  # (..., n, D)
 
     def reduce(self, h: Tensor) -> Tensor:
-        """Sum the streams (HC Alg. 1)."""
+        """Sum the streams (HC Alg. 1); a bf16 state under autocast is summed into fp32
+        (:func:`~hyperfrac.connections.functional.branch_dtype`), as the residual's state is."""
         self._check_state(h)
-        return h.sum(dim=1 if self.channel_first else -2)
+        return h.sum(dim=1 if self.channel_first else -2, dtype=kernels.branch_dtype(h))
