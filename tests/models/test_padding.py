@@ -144,3 +144,22 @@ def test_reentrant_checkpointing_is_refused_for_moe() -> None:
     )
     with pytest.raises(ValueError, match="use_reentrant=False"):
         model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_vit_activation_checkpointing_gives_equal_gradients() -> None:
+    from hyperfrac.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(dim=32, n_layers=2, n_heads=2, init_std=0.2,
+                          connection={"kind": "mhc", "n_streams": 2})).train()
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    grads, calls = [], []
+    model.blocks[0].register_forward_pre_hook(lambda *_, c=calls: c.append(1))
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        model(images).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert len(calls) == 1 + 2  # once without, twice (forward + recompute) with checkpointing
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
