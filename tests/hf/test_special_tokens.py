@@ -45,7 +45,7 @@ def test_export_wires_eos_and_a_distinct_pad(tmp_path) -> None:
     assert tok.pad_token_id == n != eos  # appended after the trained vocabulary
     assert cfg["eos_token_id"] == gen["eos_token_id"] == eos
     assert cfg["pad_token_id"] == gen["pad_token_id"] == n
-    loaded = HyperfracForCausalLM.from_pretrained(out)
+    loaded = HyperfracForCausalLM.from_pretrained(out, device_map="cpu")  # needs accelerate
     assert loaded.generation_config.eos_token_id == eos
     # a padded batch from the exported tokenizer runs through the model
     batch = tok(["the fox", "pack my box with jugs"], padding=True, return_tensors="pt")
