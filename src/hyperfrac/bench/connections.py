@@ -252,6 +252,8 @@ def run(
                "processor": platform.processor() or platform.machine(),
                "steady_allocator": steady}
     report: dict = {"config": config | machine, "results": []}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for mode in modes.split(","):
         models: dict[str, nn.Module] = {}
         results: dict[str, Result] = {}
@@ -271,9 +273,8 @@ def run(
             models[name], results[name] = model, r
         _time(models, results, x, mode=mode, warmup=warmup, rounds=rounds)
         report["results"] += _summarise(results, mode)
+        out.write_text(json.dumps(report, indent=2))  # a mode's results survive a later kill
     _print_table(report)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown_table(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
