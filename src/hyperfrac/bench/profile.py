@@ -34,7 +34,6 @@ its byte count.
 from __future__ import annotations
 
 import bisect
-import json
 import platform
 import statistics
 import sys
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hyperfrac.bench import write_json
 from hyperfrac.bench.allocator import steady_allocator
 from hyperfrac.connections import fp32_stream_state
 from hyperfrac.connections.base import Connection
@@ -282,10 +282,7 @@ def run_profile(
               "machine": platform.processor() or platform.machine(),
               "steady_allocator": steady, "bandwidth": bw, "rows": rows}
     _print(result)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, out)
     return result
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from hyperfrac.bench import write_json
 from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
@@ -314,10 +315,7 @@ def run_train_bench(
         "rows": rows,
     }
     _print_table(result)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(result, out)
     return result
 
 
