@@ -403,7 +403,7 @@ def test_collapse_is_the_sum_of_the_sources_at_any_depth(b):
     for c in conns[:3]:
         lin = nn.Linear(8, 8)
         out = []
-        h = c(h, lambda x, lin=lin: out.append(lin(x)) or out[-1])
+        h = c(h, lambda x, lin=lin, out=out: out.append(lin(x)) or out[-1])
         total = total + out[-1]
         torch.testing.assert_close(conns[0].collapse(h), total)
     if b is None:  # 4 of the 5 slots filled
