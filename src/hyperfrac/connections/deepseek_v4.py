@@ -53,11 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperfrac.connections.mhc import _logit
 from hyperfrac.connections.streams import CopiedStreams
-
-
-def _logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
 
 
 def v4_sinkhorn(logits: Tensor, iters: int, eps: float) -> Tensor:

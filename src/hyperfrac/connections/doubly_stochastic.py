@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperfrac.connections import functional as kernels
+from hyperfrac.connections.mhc import pre_gate_logits
 from hyperfrac.connections.options import ConnectionSpecError, Count
 from hyperfrac.connections.streams import CopiedStreams
 
@@ -111,10 +112,6 @@ def check_stream_count(kind: str, n: int, *, limit: int | None, power_of_two: bo
 # ------------------------------------------------------------------------------ the module
 
 
-def _logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
-
-
 class ExactManifoldHyperConnection(CopiedStreams):
     """mHC with an exactly doubly-stochastic H_res (mHC Eq. 3, 7, 8; Sinkhorn replaced).
 
@@ -161,13 +158,7 @@ class ExactManifoldHyperConnection(CopiedStreams):
         self.eps = float(eps)
         k_res = self.n_res_logits(n)
 
-        k = self.layer_stream  # mHC's softened HC Eq. 14, as in ManifoldHyperConnection
-        if n == 1:
-            b_pre = torch.full((1,), _logit(pre_init))
-        else:
-            b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)))
-            b_pre[k] = _logit(pre_init)
-        self.b_pre = nn.Parameter(b_pre)
+        self.b_pre = nn.Parameter(pre_gate_logits(n, self.layer_stream, pre_init))  # as mhc
         self.b_post = nn.Parameter(torch.zeros(n))
         # n = 1 (and KromHC's K = 0): H_res = [[1]] has nothing to learn, so no empty tensor
         self.b_res = nn.Parameter(self.init_res_logits(n, res_init_diag)) if k_res else None

@@ -41,6 +41,17 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def pre_gate_logits(n: int, stream: int, pre_init: float) -> Tensor:
+    """b_pre of mHC's softened HC Eq. 14: sigmoid gives ``pre_init`` on ``stream`` and
+    (1 - pre_init)/(n-1) on the others (sums to 1, so identical streams give the Pre-Norm
+    input); n = 1 keeps the single gate at ``pre_init``."""
+    if n == 1:
+        return torch.full((1,), _logit(pre_init))
+    b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)))
+    b_pre[stream] = _logit(pre_init)
+    return b_pre
+
+
 class ManifoldHyperConnection(CopiedStreams):
     """mHC with ``n_streams`` streams. Parameters: phi (n*C, n^2+2n), b_pre, b_post, b_res,
     alpha_pre, alpha_post, alpha_res (names from mHC Eq. 7)."""
@@ -74,12 +85,7 @@ class ManifoldHyperConnection(CopiedStreams):
         self.sinkhorn_iters = sinkhorn_iters
         self.eps = float(eps)
 
-        k = self.layer_stream  # mHC's softened HC Eq. 14
-        if n == 1:
-            b_pre = torch.full((1,), _logit(pre_init))
-        else:
-            b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)))
-            b_pre[k] = _logit(pre_init)
+        b_pre = pre_gate_logits(n, self.layer_stream, pre_init)  # (n,)
         # Sinkhorn(exp(c I)) has diagonal e^c / (e^c + n - 1): solve for the target diagonal.
         c = math.log(res_init_diag * (n - 1) / (1.0 - res_init_diag)) if n > 1 else 0.0
         self.b_pre = nn.Parameter(b_pre)
