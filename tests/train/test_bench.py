@@ -51,12 +51,26 @@ def test_cli_maps_every_flag_onto_the_keyword_arguments(monkeypatch, tmp_path: P
     rc = main(["bench", "train", "--preset", "tiny", "--kinds", "dfc:2", "--batch-size", "3",
                "--seq-len", "7", "--steps", "4", "--rounds", "5", "--warmup", "0",
                "--precision", "fp32", "--compile", "--threads", "1", "--device", "cpu",
-               "--no-memory", "--fp32-state", "--out", str(tmp_path / "x.json")])
+               "--no-memory", "--fp32-state", "--kernels", "compiled",
+               "--out", str(tmp_path / "x.json")])
     assert rc == 0
     assert seen == dict(preset="tiny", kinds="dfc:2", batch_size=3, seq_len=7, steps=4, rounds=5,
                         warmup=0, precision="fp32", compile=True, threads=1, device="cpu",
-                        memory=False, fp32_state=True, out=str(tmp_path / "x.json"))
+                        memory=False, fp32_state=True, kernels="compiled",
+                        out=str(tmp_path / "x.json"))
     assert set(seen) == set(inspect.signature(run_train_bench).parameters)
+
+
+def test_train_bench_with_compiled_kernels(tmp_path: Path) -> None:
+    """``--kernels compiled``: the connection kernels run fused (recorded in the JSON); a
+    bad backend name is refused before anything runs."""
+    result = run_train_bench(
+        preset="tiny", kinds="residual,dfc:2", rounds=1, steps=1, warmup=1, batch_size=2,
+        seq_len=16, out=tmp_path / "t.json", threads=1, memory=False, kernels="compiled",
+    )
+    assert result["kernels"] == "compiled" and result["rows"][1]["tok_per_s"] > 0
+    with pytest.raises(ValueError, match="kernels='triton'; expected one of eager, compiled"):
+        run_train_bench(preset="tiny", kinds="residual", kernels="triton", out=tmp_path / "u")
 
 
 def test_parse_kind() -> None:

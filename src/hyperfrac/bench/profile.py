@@ -50,7 +50,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hyperfrac.bench import write_json
 from hyperfrac.bench.allocator import steady_allocator
-from hyperfrac.connections import fp32_stream_state
 from hyperfrac.connections.base import Connection
 from hyperfrac.precision import autocast as precision_autocast
 
@@ -185,7 +184,7 @@ def _phases(arm, meter: _Meter) -> dict[str, float]:
     arm.opt.zero_grad(set_to_none=True)
     meter.fwd = meter.bwd = 0.0
     t0 = time.perf_counter()
-    with ctx, fp32_stream_state(arm.settings.fp32_state):
+    with ctx, arm.settings.connection_modes():
         out = arm.model(arm.x, arm.y)
     t1 = time.perf_counter()
     (out.loss + out.aux_loss).backward()
@@ -233,12 +232,20 @@ def run_profile(
     warmup: int = 2,
     threads: int | None = 2,
     fp32_state: bool = False,
+    kernels: str = "eager",
     out: str | Path = "bench_results/profile.json",
 ) -> dict[str, Any]:
     """Profile one training step per kind (median over ``steps``); returns the JSON written to
     ``out``. Backward-region times need the forward in eager mode (no ``torch.compile``).
     ``fp32_state``: stream states in float32 under bf16 autocast (default: bf16)."""
-    from hyperfrac.train.bench import ArmSettings, _Arm, _check_counts, label, parse_kind
+    from hyperfrac.train.bench import (
+        ArmSettings,
+        _Arm,
+        _check_counts,
+        check_kernels,
+        label,
+        parse_kind,
+    )
 
     _check_counts(batch_size=(batch_size, 1), seq_len=(seq_len, 1), steps=(steps, 1),
                   warmup=(warmup, 0))
@@ -248,7 +255,9 @@ def run_profile(
     conns = [parse_kind(s) for s in kinds.split(",") if s]
     if not conns:
         raise ValueError(f"kinds={kinds!r} names no connection")
-    settings = ArmSettings(preset, batch_size, seq_len, precision, False, threads, fp32_state)
+    check_kernels(kernels)
+    settings = ArmSettings(preset, batch_size, seq_len, precision, False, threads, fp32_state,
+                           kernels)
     bw = stream_bandwidth()
     tokens = batch_size * seq_len
     rows = []
@@ -278,7 +287,8 @@ def run_profile(
         row["time_ratio"] = base["step"] / row["step"]
     result = {"benchmark": "profile", "preset": preset, "batch_size": batch_size,
               "seq_len": seq_len, "precision": precision, "threads": torch.get_num_threads(),
-              "steps": steps, "fp32_state": fp32_state, "torch": torch.__version__,
+              "steps": steps, "fp32_state": fp32_state, "kernels": kernels,
+              "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(),
               "steady_allocator": steady, "bandwidth": bw, "rows": rows}
     _print(result)

@@ -53,6 +53,8 @@ def _train_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     p.add_argument("--fp32-state", action="store_true",
                    help="keep stream states fp32 under bf16 (default: the training precision)")
+    p.add_argument("--kernels", default="eager", choices=("eager", "compiled"),
+                   help="connection kernels: eager ops (default) or fused by inductor")
     p.add_argument("--out", default=d["out"])
 
 
@@ -63,7 +65,7 @@ def _run_train(args: argparse.Namespace) -> dict:
         preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
         steps=args.steps, rounds=args.rounds, warmup=args.warmup, precision=args.precision,
         compile=args.compile, threads=args.threads, device=args.device,
-        memory=not args.no_memory, fp32_state=args.fp32_state, out=args.out,
+        memory=not args.no_memory, fp32_state=args.fp32_state, kernels=args.kernels, out=args.out,
     )
 
 
@@ -79,6 +81,8 @@ def _profile_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     p.add_argument("--threads", type=int, default=d["threads"], help="torch threads")
     p.add_argument("--fp32-state", action="store_true",
                    help="keep stream states fp32 under bf16 (default: the training precision)")
+    p.add_argument("--kernels", default="eager", choices=("eager", "compiled"),
+                   help="connection kernels: eager ops (default) or fused by inductor")
     p.add_argument("--out", default=d["out"])
 
 
@@ -88,7 +92,7 @@ def _run_profile(args: argparse.Namespace) -> dict:
     return run_profile(
         preset=args.preset, kinds=args.kinds, batch_size=args.batch_size, seq_len=args.seq_len,
         precision=args.precision, steps=args.steps, warmup=args.warmup, threads=args.threads,
-        fp32_state=args.fp32_state, out=args.out,
+        fp32_state=args.fp32_state, kernels=args.kernels, out=args.out,
     )
 
 

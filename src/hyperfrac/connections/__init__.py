@@ -19,6 +19,7 @@ from hyperfrac.connections.attnres import AttentionResidual
 from hyperfrac.connections.base import Connection, StreamConnection
 from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
+from hyperfrac.connections.functional import compiled_kernels
 from hyperfrac.connections.head import HyperHead
 from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.kromhc import KromHC
@@ -54,6 +55,7 @@ __all__ = [
     "StreamConnection",
     "amax_gain",
     "build",
+    "compiled_kernels",
     "connection_class",
     "fp32_stream_state",
     "options_for",

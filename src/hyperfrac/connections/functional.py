@@ -24,14 +24,20 @@ width, K projection outputs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
+import torch._functorch.config as _functorch_config
 from torch import Tensor
 
 __all__ = [
     "activation",
     "branch_dtype",
+    "compiled_kernels",
     "depth_apply",
     "dynamic_width",
     "mixing_coefficients",
@@ -42,6 +48,65 @@ __all__ = [
 
 _NORMS = ("layernorm", "rmsnorm", "none")
 _MIN_GEMM_COLS = 16
+_COMPILED_KERNELS = [False]
+_ACTIVATION_BUDGET = 0.5
+_RECOMPILE_LIMIT = 64
+_F = TypeVar("_F", bound=Callable)
+
+
+@contextlib.contextmanager
+def compiled_kernels(enabled: bool = True) -> Iterator[None]:
+    """Run the connection kernels as inductor-generated fused kernels in an eager model.
+
+    Inside, each kernel entry point (:func:`dynamic_width`, :func:`width_apply`,
+    :func:`depth_apply`, the mHC coefficients) is a ``torch.compile(fullgraph=True)`` of the
+    same code: inductor fuses the forward and the hand-derived backward of one half into a
+    few loops (C++ on CPU, Triton on CUDA), while the model and its branches stay eager. The
+    first call per shape compiles (seconds); the maths is unchanged (tested against the eager
+    kernels and the float64 reference). Inside a ``torch.compile``-d model the plain kernels
+    are traced instead, so this has no effect there. ``enabled=False`` turns it off inside."""
+    previous = _COMPILED_KERNELS[0]
+    _COMPILED_KERNELS[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _COMPILED_KERNELS[0] = previous
+
+
+def kernel(fn: _F) -> _F:
+    """Mark ``fn`` (tensors and constants in, tensors out; no module state) as a kernel entry
+    point that :func:`compiled_kernels` may replace by its compiled form. One compiled
+    function per entry point, shared by every layer: dynamo guards on shapes, dtypes and the
+    constant arguments, not on a module."""
+    compiled: list[Callable] = []
+    broken: list[str] = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not _COMPILED_KERNELS[0] or torch.compiler.is_compiling() or broken:
+            return fn(*args, **kwargs)
+        if not compiled:
+            compiled.append(torch.compile(fn, fullgraph=True))
+        try:
+            # The partitioner would save the fp32 upcast of a bf16 state for the backward
+            # (2x the bytes of the state it came from); a memory budget makes it save the bf16
+            # state and recompute the cast in the fused backward, as the eager kernels do
+            # (read at compile time). Each (dtype, grad mode, constants) is one graph; after
+            # the first change of N the token axis is dynamic: a limit of 8 graphs per entry
+            # point is too few for a run that trains, evaluates and generates.
+            with _functorch_config.patch(activation_memory_budget=_ACTIVATION_BUDGET), \
+                    torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return compiled[0](*args, **kwargs)
+        except Exception as exc:  # no compiler, an unsupported backend, the graph limit
+            out = fn(*args, **kwargs)  # a genuine input error raises here, from eager code
+            broken.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            warnings.warn(
+                f"hyperfrac compiled_kernels: {fn.__name__} could not be compiled "
+                f"({broken[0]}); running the eager kernel from now on", stacklevel=2,
+            )
+            return out
+
+    return call  # type: ignore[return-value]
 
 
 def _fp32_region(fn):
@@ -97,7 +162,8 @@ def _np_forward(h32: Tensor, w: Tensor, mode: str, eps: float):
             w_ext[:, k] = 1.0 / ds
     y_ext = h32 @ w_ext  # (N, S, K')
     y = y_ext[..., :k]  # (N, S, K)
-    mu = y_ext[..., k] if extra else None  # (N, S) mean
+    # own storage: a view would keep the whole (N, S, K') product alive among saved tensors
+    mu = y_ext[..., k].contiguous() if extra else None  # (N, S) mean
     if mode == "none":
         return y, None, None
     ms = torch.linalg.vector_norm(h32, dim=-1).square_().div_(ds)  # (N, S) mean of squares
@@ -215,6 +281,7 @@ class _WidthApply(torch.autograd.Function):
         return grad_h, grad_p, None
 
 
+@kernel
 def width_apply(h: Tensor, p: Tensor) -> Tensor:
     """Width connection ``x = P^T h`` (HC Eq. 2, FC Eq. 8). h: (N, S, Ds); P: (N, S, R) or (S, R).
 
@@ -331,6 +398,7 @@ class _DynamicWidth(torch.autograd.Function):
                 None)
 
 
+@kernel
 def dynamic_width(h, w, static_alpha, static_beta, alpha_scale, beta_scale, *, norm="layernorm",
                   eps=1e-5, tanh=True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused dynamic HC/FC width connection; see :class:`_DynamicWidth`.
@@ -396,6 +464,7 @@ class _DepthApply(torch.autograd.Function):
         return grad_h, grad_q, grad_b, grad_o
 
 
+@kernel
 def depth_apply(h: Tensor, q: Tensor, beta: Tensor, o: Tensor) -> Tensor:
     """``Q^T h + beta * o``; see :class:`_DepthApply` for shapes."""
     n = h.shape[0]

@@ -52,6 +52,28 @@ def pre_gate_logits(n: int, stream: int, pre_init: float) -> Tensor:
     return b_pre
 
 
+def project_gates(pre: Tensor, post: Tensor, res: Tensor, iters: int) -> tuple[Tensor, ...]:
+    """mHC Eq. 8 -> HC layout (P = H_pre^T, Q = H_res^T, beta = H_post)."""
+    h_pre = torch.sigmoid(pre)
+    h_post = 2.0 * torch.sigmoid(post)
+    h_res = kernels.sinkhorn(res, iters)
+    return h_pre.unsqueeze(-1), h_res.transpose(-1, -2), h_post
+
+
+@kernels.kernel
+def dynamic_coefficients(hb, phi, b_pre, b_post, b_res, alpha_pre, alpha_post, alpha_res, *,
+                         norm: str, eps: float, tanh: bool, iters: int) -> tuple[Tensor, ...]:
+    """mHC Eq. 7-9 for a flattened state hb (N, n, C): P (N, n, 1), Q (N, n, n), beta (N, n)."""
+    n = hb.shape[1]
+    flat = hb.reshape(hb.shape[0], 1, n * hb.shape[2])  # (N, 1, n*C)
+    logits = kernels.norm_project(flat, phi, norm, eps)  # (N, 1, n^2 + 2n), mHC Eq. 7
+    logits = kernels.activation(logits, tanh)[:, 0]  # (N, n^2 + 2n)
+    pre = alpha_pre * logits[:, :n] + b_pre  # (N, n)
+    post = alpha_post * logits[:, n : 2 * n] + b_post  # (N, n)
+    res = alpha_res * logits[:, 2 * n :].unflatten(-1, (n, n)) + b_res  # (N, n, n)
+    return project_gates(pre, post, res, iters)
+
+
 class ManifoldHyperConnection(CopiedStreams):
     """mHC with ``n_streams`` streams. Parameters: phi (n*C, n^2+2n), b_pre, b_post, b_res,
     alpha_pre, alpha_post, alpha_res (names from mHC Eq. 7)."""
@@ -99,24 +121,14 @@ class ManifoldHyperConnection(CopiedStreams):
             self.norm_mode = "rmsnorm" if norm else "none"
             self.tanh = bool(tanh)
 
-    def _project(self, pre: Tensor, post: Tensor, res: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """mHC Eq. 8 -> HC layout (P = H_pre^T, Q = H_res^T, beta = H_post)."""
-        h_pre = torch.sigmoid(pre)
-        h_post = 2.0 * torch.sigmoid(post)
-        h_res = kernels.sinkhorn(res, self.sinkhorn_iters)
-        return h_pre.unsqueeze(-1), h_res.transpose(-1, -2), h_post
-
     def coefficients(self, hb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        n = self.n_slots
         if not self.dynamic or hb is None:
-            return self._project(self.b_pre, self.b_post, self.b_res)
-        flat = hb.reshape(hb.shape[0], 1, n * self.slot_dim)  # (N, 1, n*C)
-        logits = kernels.norm_project(flat, self.phi, self.norm_mode, self.eps)  # mHC Eq. 7
-        logits = kernels.activation(logits, self.tanh)[:, 0]  # (N, n^2 + 2n)
-        pre = self.alpha_pre * logits[:, :n] + self.b_pre  # (N, n)
-        post = self.alpha_post * logits[:, n : 2 * n] + self.b_post  # (N, n)
-        res = self.alpha_res * logits[:, 2 * n :].unflatten(-1, (n, n)) + self.b_res  # (N, n, n)
-        return self._project(pre, post, res)
+            return project_gates(self.b_pre, self.b_post, self.b_res, self.sinkhorn_iters)
+        return dynamic_coefficients(
+            hb, self.phi, self.b_pre, self.b_post, self.b_res, self.alpha_pre, self.alpha_post,
+            self.alpha_res, norm=self.norm_mode, eps=self.eps, tanh=self.tanh,
+            iters=self.sinkhorn_iters,
+        )
 
     def decay_parameters(self) -> Iterator[nn.Parameter]:
         if self.dynamic:

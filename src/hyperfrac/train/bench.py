@@ -34,6 +34,7 @@ arguments); ``hyperfrac bench train`` maps its flags onto them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -50,7 +51,12 @@ from hyperfrac.bench import write_json
 from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import saved_tensor_bytes
 from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
-from hyperfrac.connections import connection_class, fp32_stream_state, validate_spec
+from hyperfrac.connections import (
+    compiled_kernels,
+    connection_class,
+    fp32_stream_state,
+    validate_spec,
+)
 from hyperfrac.precision import autocast as precision_autocast
 
 DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
@@ -92,6 +98,14 @@ class ArmSettings:
     compile: bool = False
     threads: int | None = None
     fp32_state: bool = False  # keep stream states fp32 under autocast (default: bf16 in bf16)
+    kernels: str = "eager"  # connection kernels: eager ops, or "compiled" (fused by inductor)
+
+    def connection_modes(self) -> contextlib.ExitStack:
+        """The stream-state precision and kernel backend every step and probe runs under."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(fp32_stream_state(self.fp32_state))
+        stack.enter_context(compiled_kernels(self.kernels == "compiled"))
+        return stack
 
 
 class _Arm:
@@ -123,7 +137,7 @@ class _Arm:
     def step(self) -> None:
         ctx = precision_autocast(self.device.type, self.settings.precision)
         self.opt.zero_grad(set_to_none=True)
-        with ctx, fp32_stream_state(self.settings.fp32_state):
+        with ctx, self.settings.connection_modes():
             out = self.fwd(self.x, self.y)
         (out.loss + out.aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -138,7 +152,7 @@ class _Arm:
         ctx = precision_autocast(self.device.type, self.settings.precision)
 
         def forward():
-            with ctx, fp32_stream_state(self.settings.fp32_state):
+            with ctx, self.settings.connection_modes():
                 return self.model(self.x, self.y)  # eager: compiled graphs save differently
 
         return saved_tensor_bytes(forward, exclude=self.model.parameters())
@@ -174,6 +188,14 @@ def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
             arm.step()
         arm.sync()
     return load.wall, load.share
+
+
+KERNELS = ("eager", "compiled")
+
+
+def check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {', '.join(KERNELS)}")
 
 
 def _check_counts(**counts: tuple[Any, int]) -> None:
@@ -257,13 +279,16 @@ def run_train_bench(
     device: str = "auto",
     memory: bool = True,
     fp32_state: bool = False,
+    kernels: str = "eager",
     out: str | Path = "bench_results/train.json",
 ) -> dict[str, Any]:
     """Time a training step of ``preset`` for each connection in ``kinds`` (``kind[:n]``,
     comma-separated; the first is the baseline of the ratios); returns the JSON written to
     ``out``. ``memory=False`` skips the saved-activation and peak-memory measurements;
     ``fp32_state`` keeps the stream states in float32 under bf16 autocast (by default they
-    follow the training precision, :func:`hyperfrac.connections.fp32_stream_state`)."""
+    follow the training precision, :func:`hyperfrac.connections.fp32_stream_state`);
+    ``kernels="compiled"`` runs the connection kernels fused by inductor in the eager model
+    (:func:`hyperfrac.connections.compiled_kernels`)."""
     from hyperfrac.train.trainer import resolve_device
 
     _check_counts(batch_size=(batch_size, 1), seq_len=(seq_len, 1), steps=(steps, 1),
@@ -275,12 +300,14 @@ def run_train_bench(
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
     steady = steady_allocator()
+    check_kernels(kernels)
     settings = ArmSettings(preset, batch_size, seq_len, precision, bool(compile), threads,
-                           bool(fp32_state))
+                           bool(fp32_state), kernels)
     arms = [_Arm(c, settings, dev) for c in conns]
     print(
         f"[bench train] {preset}, batch {batch_size}x{seq_len}, "
         f"{precision}{' compiled' if compile else ''}{', fp32 state' if fp32_state else ''}, "
+        f"{kernels} kernels, "
         f"{dev}, "
         f"{torch.get_num_threads()} threads; {rounds} rounds x {steps} steps",
         file=sys.stderr,

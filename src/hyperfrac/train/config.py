@@ -102,7 +102,11 @@ class TrainConfig:
     precision: str = "fp32"
     """fp32 | bf16 (autocast; fp32 master weights and optimizer state)."""
     compile: bool = False
-    """torch.compile the model (inductor)."""
+    """torch.compile each transformer block (inductor)."""
+    connection_kernels: str = "eager"
+    """eager (the connection kernels as eager torch ops) | compiled (the same kernels fused by
+    inductor, each compiled once on first use, while the model stays eager:
+    :func:`hyperfrac.connections.compiled_kernels`; no effect with ``compile``)."""
     activation_checkpointing: bool = False
     """Recompute every block in the backward pass instead of keeping its activations
     (``torch.utils.checkpoint``, per block; language models). Composes with a connection's own
@@ -302,7 +306,7 @@ RANGES: dict[type, dict[str, Range]] = {
 CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     OptimConfig: {"schedule": ("cosine", "wsd", "constant")},
     TrainConfig: {"precision": PRECISIONS, "on_nonfinite": ("skip", "raise"),
-                  "parallel": ("ddp", "fsdp")},
+                  "parallel": ("ddp", "fsdp"), "connection_kernels": ("eager", "compiled")},
     CheckpointConfig: {"format": ("auto", "full", "sharded")},
     LogConfig: {"progress": ("auto", "always", "never"),
                 "wandb": ("disabled", "online", "offline")},

@@ -32,13 +32,14 @@ The model code itself knows nothing about this.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hyperfrac.connections import compiled_kernels
 from hyperfrac.models.lm import count_params
 from hyperfrac.precision import autocast as precision_autocast
 from hyperfrac.runs import resolve_device
@@ -256,8 +258,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- step
 
-    def _autocast(self) -> torch.autocast:
-        return precision_autocast(self.device.type, self.cfg.train.precision)
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """Forward context: the training precision and the connection kernel backend."""
+        fused = self.cfg.train.connection_kernels == "compiled"
+        with precision_autocast(self.device.type, self.cfg.train.precision), \
+                compiled_kernels(fused):
+            yield
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step (``grad_accum`` micro-batches); returns its metrics."""
