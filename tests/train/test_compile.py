@@ -1,4 +1,5 @@
-"""torch.compile and the compiled connection kernels in training match eager (the model compile is slow: inductor compiles C++ for tens of seconds)."""
+"""torch.compile and the compiled connection kernels in training match eager (the model
+compile is slow: inductor compiles C++ for tens of seconds)."""
 
 from __future__ import annotations
 
