@@ -57,3 +57,24 @@ def assert_compiled_matches_eager(f, params, x: torch.Tensor) -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
     for g, p in zip(grads, params, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
+
+
+def short_bf16_run(connection: dict, context, steps: int) -> float:
+    """Final loss of ``steps`` AdamW steps (lr 3e-3) of the tiny LM under bf16 autocast, the
+    whole run inside ``context`` (a state-precision or kernel switch); seeded, so two runs
+    differ only by what the context changes."""
+    from hyperfrac.models import build_preset
+
+    torch.manual_seed(0)
+    model = build_preset("tiny", connection=connection)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, model.cfg.vocab_size, (4, 32), generator=g)
+    with context:
+        for _ in range(steps):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, x).loss
+            loss.backward()
+            opt.step()
+    return loss.item()

@@ -12,10 +12,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from hyperfrac.connections import build, compiled_kernels
-from hyperfrac.models import build_preset
 
 from . import reference as ref
-from .helpers import mlp_branches, perturb
+from .helpers import mlp_branches, perturb, short_bf16_run
 
 D = 12
 
@@ -119,19 +118,7 @@ def test_short_bf16_training_run_is_unchanged_by_compiled_kernels(kind, opts):
     ~1e-3; bf16 rounding of the state differs where inductor reorders fp32 sums)."""
 
     def train(fused: bool) -> float:
-        torch.manual_seed(0)
-        model = build_preset("tiny", connection={"kind": kind, **opts})
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(1)
-        x = torch.randint(0, model.cfg.vocab_size, (4, 32), generator=g)
-        with compiled_kernels(fused):
-            for _ in range(20):
-                opt.zero_grad()
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = model(x, x).loss
-                loss.backward()
-                opt.step()
-        return loss.item()
+        return short_bf16_run({"kind": kind, **opts}, compiled_kernels(fused), steps=20)
 
     eager, fused = train(False), train(True)
     assert abs(fused - eager) / eager < 0.01, (fused, eager)
@@ -187,3 +174,33 @@ def test_a_kernel_that_cannot_compile_warns_once_and_runs_eager(monkeypatch):
     torch.testing.assert_close(out, a * b + 1)
     torch.testing.assert_close(again, out)
     assert len(calls) == 1
+
+
+def test_a_dispatch_mode_probe_runs_the_eager_kernels_without_disabling_compilation():
+    """Byte counters and memory probes (TorchDispatchMode) see every op: inside them the
+    kernels run eagerly, without the fallback warning, and compile again afterwards."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hyperfrac.bench.memory import peak_live_bytes
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    conn = build("dfc", D, n_fracs=2).double()
+    perturb(conn, 0.3)
+    branch = mlp_branches(1, D)[0]
+    h = torch.randn(3, 2, D // 2, dtype=torch.float64)
+    eager = conn(h, branch)
+    with compiled_kernels():
+        with Count():
+            probed = conn(h, branch)
+        assert Count.ops > 0
+        assert peak_live_bytes(lambda: conn(h, branch).sum()) > 0
+        after = conn(h, branch)  # compiled (no fallback warning: see the fixture)
+    torch.testing.assert_close(probed, eager, rtol=0, atol=0)
+    torch.testing.assert_close(after, eager, rtol=1e-10, atol=1e-10)

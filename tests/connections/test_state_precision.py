@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from hyperfrac.connections import build, fp32_stream_state
 from hyperfrac.models import build_preset
 
+from .helpers import short_bf16_run
+
 KINDS = [("dhc", {"n_streams": 4}), ("dfc", {"n_fracs": 4}), ("mhc", {"n_streams": 4}),
          ("mhc", {"n_streams": 2, "flavor": "deepseek-v4"}), ("mhc-lite", {"n_streams": 2})]
 
@@ -63,19 +65,7 @@ def test_bf16_state_matches_fp32_state(kind, opts) -> None:
 @pytest.mark.parametrize("kind,opts", KINDS[:2])
 def test_short_training_run_is_unchanged_by_a_bf16_state(kind, opts) -> None:
     def train(fp32: bool) -> float:
-        torch.manual_seed(0)
-        model = build_preset("tiny", connection={"kind": kind, **opts})
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(1)
-        x = torch.randint(0, model.cfg.vocab_size, (4, 32), generator=g)
-        with fp32_stream_state(fp32):
-            for _ in range(25):
-                opt.zero_grad()
-                with _bf16():
-                    loss = model(x, x).loss
-                loss.backward()
-                opt.step()
-        return loss.item()
+        return short_bf16_run({"kind": kind, **opts}, fp32_stream_state(fp32), steps=25)
 
     loss32, loss16 = train(True), train(False)
     assert abs(loss16 - loss32) / loss32 < 0.02, (loss16, loss32)

@@ -35,6 +35,9 @@ def test_train_bench_writes_ratios(tmp_path: Path, capsys) -> None:
     # four streams of width D are saved per sublayer: more activation memory than residual
     assert dhc["saved_mb"] > 1.2 * res["saved_mb"]
     assert res["peak_mb"] > 0
+    # the step's live tensors: four streams of width D cost more than one
+    assert dhc["peak_live_mb"] > res["peak_live_mb"] > 0
+    assert dhc["peak_live_ratio"] == pytest.approx(dhc["peak_live_mb"] / res["peak_live_mb"])
     assert 0.0 <= result["max_other_cpu_share"] <= 1.0
     assert "residual" in capsys.readouterr().out
 
@@ -77,6 +80,10 @@ def test_parse_kind() -> None:
     assert parse_kind("dfc:4") == {"kind": "dfc", "n_fracs": 4}
     assert parse_kind("mhc:2") == {"kind": "mhc", "n_streams": 2}
     assert parse_kind("residual") == {"kind": "residual"}
+    rc = parse_kind("dfc:4+recompute+norm_type=layernorm")
+    assert rc == {"kind": "dfc", "n_fracs": 4, "recompute": True, "norm_type": "layernorm"}
+    assert bench.label(rc) == "DFC×4+recompute+norm_type=layernorm"
+    assert bench.label(parse_kind("mhc:4+sinkhorn_iters=10")) == "MHC×4+sinkhorn_iters=10"
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -84,6 +91,8 @@ def test_parse_kind() -> None:
     ("dhc:x", "'x' is not a slot count"),
     ("dhc:0", "n_streams must be an integer >= 1"),
     ("dhx:4", "did you mean 'dhc'"),
+    ("dfc:4+", "empty option after"),
+    ("dfc:4+recompue", "did you mean 'recompute'"),
 ])
 def test_parse_kind_refuses_bad_specs(spec: str, message: str) -> None:
     with pytest.raises((ValueError, ConnectionSpecError), match=message):

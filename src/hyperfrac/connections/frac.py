@@ -26,7 +26,7 @@ class FracConnection(DynamicMixing):
     """FC with ``n_fracs`` fractions of the hidden state; ``dynamic`` selects DFC (default).
 
     The default norm is an RMSNorm with a learnable d/m-wide weight, the form whose parameter
-    count FC §4.4 reports (|theta_norm| = d/m).
+    count FC §4.4 reports (|theta_norm| = d/m); ``recompute`` defaults to True (see below).
     """
 
     kind = "dfc"
@@ -40,6 +40,11 @@ class FracConnection(DynamicMixing):
             )
         options.setdefault("norm_type", "rmsnorm")
         options.setdefault("norm_affine", True)
+        # FC's point is a state no wider than the residual's; recomputing the branch input
+        # from it (x = Y^T H, one small pass in backward) keeps the step's saved activations
+        # and live tensors within 1.02x the residual's at no measurable speed cost
+        # (docs/results.md, issue #16). recompute=False keeps x saved.
+        options.setdefault("recompute", True)
         super().__init__(
             dim,
             n_slots=n_fracs,

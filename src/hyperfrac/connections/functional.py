@@ -33,6 +33,7 @@ from typing import TypeVar
 import torch
 import torch._functorch.config as _functorch_config
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "activation",
@@ -85,6 +86,8 @@ def kernel(fn: _F) -> _F:
     def call(*args, **kwargs):
         if not _COMPILED_KERNELS[0] or torch.compiler.is_compiling() or broken:
             return fn(*args, **kwargs)
+        if _get_current_dispatch_mode() is not None:  # a probe watching every op (byte
+            return fn(*args, **kwargs)  # counters, memory probes): dynamo would not compile
         if not compiled:
             compiled.append(torch.compile(fn, fullgraph=True))
         try:
@@ -494,17 +497,27 @@ class _Sinkhorn(torch.autograd.Function):
         return torch.kron(ones, eye), torch.kron(eye, ones)  # (S^2, S^2) each, symmetric
 
     @staticmethod
+    def _group_sums(x: Tensor, op: Tensor, s: int, axis: int) -> Tensor:
+        """Each entry's column (axis 1) or row (axis 2) sum, broadcast back: x (N, S^2).
+        Eager: ``x @ op``; under torch.compile a reduction over the (N, S, S) view, which
+        inductor fuses into the loop (a (N, 16) @ (16, 16) matmul is a library call there)."""
+        if torch.compiler.is_compiling():
+            v = x.view(-1, s, s)  # (N, S, S)
+            return v.sum(dim=axis, keepdim=True).expand_as(v).reshape(x.shape)  # (N, S^2)
+        return x @ op
+
+    @staticmethod
     def _iterates(x: Tensor, s: int, iters: int, keep: bool):
         """x: flattened logits (N, S^2)."""
         col, row = _Sinkhorn._sum_operators(s, x)
         m = torch.exp(x - x.amax(dim=-1, keepdim=True))  # M^0, (N, S^2)
         steps = []
         for _ in range(iters):
-            for op in (col, row):  # T_c then T_r (mHC Eq. 9)
-                sums = m @ op  # (N, S^2): each entry's column (row) sum
+            for op, axis in ((col, 1), (row, 2)):  # T_c then T_r (mHC Eq. 9)
+                sums = _Sinkhorn._group_sums(m, op, s, axis)  # each entry's column (row) sum
                 m = m / sums
                 if keep:
-                    steps.append((op, sums, m))
+                    steps.append((op, axis, sums, m))
         return m, steps
 
     @staticmethod
@@ -525,10 +538,10 @@ class _Sinkhorn(torch.autograd.Function):
         x = _f32(logits).reshape(-1, s * s)
         _, steps = _Sinkhorn._iterates(x, s, ctx.iters, keep=True)
         g = g.to(x.dtype).reshape(-1, s * s)
-        for op, sums, y in reversed(steps):
+        for op, axis, sums, y in reversed(steps):
             # y = m / (m @ op): dL/dm = (g - (g * y) @ op) / sums   (op symmetric, sums
             # constant within each group)
-            g = (g - (g * y) @ op) / sums
+            g = (g - _Sinkhorn._group_sums(g * y, op, s, axis)) / sums
         m0 = torch.exp(x - x.amax(dim=-1, keepdim=True))  # dM^0/dx = M^0 (shift cancels)
         return (g * m0).reshape(logits.shape).to(logits.dtype), None
 

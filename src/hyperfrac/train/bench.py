@@ -49,7 +49,7 @@ import torch
 
 from hyperfrac.bench import write_json
 from hyperfrac.bench.allocator import minor_faults, steady_allocator
-from hyperfrac.bench.memory import saved_tensor_bytes
+from hyperfrac.bench.memory import peak_live_bytes, saved_tensor_bytes
 from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
 from hyperfrac.connections import (
     compiled_kernels,
@@ -64,8 +64,11 @@ DEFAULT_KINDS = "residual,dhc:4,dfc:4,mhc:4"
 
 def parse_kind(spec: str) -> dict[str, Any]:
     """``dhc:4`` -> {kind: dhc, n_streams: 4}; ``dfc:4`` -> {kind: dfc, n_fracs: 4}: the number
-    sets the kind's slot option (its ``slot_option``); the spec is checked at once."""
-    kind, _, n = spec.partition(":")
+    sets the kind's slot option (its ``slot_option``). Options follow after ``+``:
+    ``dfc:4+recompute`` (a flag: True), ``mhc:4+sinkhorn_iters=10`` (true/false, a number or
+    a word). The spec is checked at once."""
+    head, *extras = spec.split("+")
+    kind, _, n = head.partition(":")
     conn: dict[str, Any] = {"kind": kind}
     if n:
         option = connection_class(kind).slot_option
@@ -75,16 +78,36 @@ def parse_kind(spec: str) -> dict[str, Any]:
             conn[option] = int(n)
         except ValueError:
             raise ValueError(f"{spec!r}: {n!r} is not a slot count; write e.g. {kind}:4") from None
+    for extra in extras:
+        key, eq, value = extra.partition("=")
+        if not key:
+            raise ValueError(f"{spec!r}: empty option after '+'; write e.g. {head}+recompute")
+        conn[key] = _scalar(value) if eq else True
     return validate_spec(conn)
 
 
+def _scalar(text: str) -> bool | int | float | str:
+    """``true``/``false``, an integer, a float, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def label(conn: dict[str, Any]) -> str:
-    """``DHC×4`` for a kind with slots, the kind's name otherwise (``residual``)."""
+    """``DHC×4`` for a kind with slots, the kind's name otherwise (``residual``); further
+    options as ``+name`` (flags) or ``+name=value``."""
     option = connection_class(conn["kind"]).slot_option
-    if option is None:
-        return conn["kind"]
-    n = conn.get(option)
-    return conn["kind"].upper() + (f"×{n}" if n else "")
+    n = conn.get(option) if option else None
+    name = conn["kind"].upper() + (f"×{n}" if n else "") if option else conn["kind"]
+    for key, value in conn.items():
+        if key not in ("kind", option):
+            name += f"+{key}" if value is True else f"+{key}={value}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -156,6 +179,15 @@ class _Arm:
                 return self.model(self.x, self.y)  # eager: compiled graphs save differently
 
         return saved_tensor_bytes(forward, exclude=self.model.parameters())
+
+    def peak_live_bytes(self) -> int:
+        """Peak bytes of the tensors one training step (forward, backward, optimizer) holds
+        at once beyond the parameters, the optimizer state and the batch: the step's working
+        set, independent of the allocator (:func:`hyperfrac.bench.memory.peak_live_bytes`)."""
+        state = [t for s in self.opt.state.values() for t in s.values()
+                 if isinstance(t, torch.Tensor)]
+        before = [*self.model.parameters(), *state, self.x, self.y]
+        return peak_live_bytes(self.step, before=before)
 
 
 def _cpu_peak_rss_mb(conn: dict[str, Any], settings: ArmSettings) -> float:
@@ -261,6 +293,8 @@ def _row(arm: _Arm, base: _Arm, *, memory: bool) -> dict[str, Any]:
             row["peak_mb"] = torch.cuda.max_memory_allocated(arm.device) / 2**20
         else:
             row["peak_mb"] = _cpu_peak_rss_mb(arm.conn, arm.settings)
+            if arm.settings.kernels == "eager":  # a dispatch mode would not see inside
+                row["peak_live_mb"] = arm.peak_live_bytes() / 2**20  # compiled kernels
     return row
 
 
@@ -320,8 +354,8 @@ def run_train_bench(
     rows = [_row(arm, arms[0], memory=memory) for arm in arms]
     base = rows[0]
     for row in rows:
-        for key in ("saved_mb", "peak_mb"):
-            if key in row:
+        for key in ("saved_mb", "peak_mb", "peak_live_mb"):
+            if key in row and key in base:
                 row[key.replace("_mb", "_ratio")] = row[key] / base[key]
     result = {
         "benchmark": "train",
@@ -337,6 +371,8 @@ def run_train_bench(
             if dev.type == "cuda"
             else "peak RSS of a fresh subprocess (includes the runtime)"
         ),
+        "peak_live_mb_meaning": "peak bytes of live tensors in one step beyond parameters, "
+                                "optimizer state and batch (CPU; allocator-independent)",
         "steady_allocator": steady,
         "max_other_cpu_share": max((o or 0.0 for a in arms for o in a.others), default=0.0),
         "rows": rows,
@@ -349,8 +385,11 @@ def run_train_bench(
 def _print_table(result: dict[str, Any]) -> None:
     mem = "saved_mb" in result["rows"][0]
     head = f"{'connection':<10} {'params':>10} {'tok/s':>9} {'× res [range over rounds]':>26}"
+    live = mem and all("peak_live_mb" in r for r in result["rows"])
     if mem:
         head += f" {'saved MB':>9} {'× res':>6} {'peak MB':>8} {'× res':>6}"
+    if live:
+        head += f" {'live MB':>8} {'× res':>6}"
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
@@ -363,6 +402,8 @@ def _print_table(result: dict[str, Any]) -> None:
                 f" {r['saved_mb']:>9.1f} {r['saved_ratio']:>6.2f} {r['peak_mb']:>8.0f} "
                 f"{r['peak_ratio']:>6.2f}"
             )
+        if live:
+            line += f" {r['peak_live_mb']:>8.0f} {r['peak_live_ratio']:>6.2f}"
         print(line)
 
 
