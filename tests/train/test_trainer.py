@@ -287,3 +287,19 @@ def test_unreadable_checkpoint_file_is_named(tmp_path: Path, tiny_dataset: Path)
     (ckpt / "optim.pt").write_bytes(b"not a pickle")
     with pytest.raises(RuntimeError, match="optim.pt is unreadable"):
         Trainer(make_cfg(tmp_path, tiny_dataset, "train.steps=4"))
+
+
+@pytest.mark.parametrize("fp32_state,want", [(False, torch.bfloat16), (True, torch.float32)])
+def test_stream_state_precision_follows_the_config(fp32_state, want, tmp_path: Path,
+                                                   tiny_dataset: Path):
+    """``train.fp32_stream_state`` decides the dtype of the stream state under bf16 autocast:
+    what the first connection receives in the training forward."""
+    cfg = make_cfg(tmp_path, tiny_dataset, "train.steps=1", "train.precision=bf16",
+                   "model.connection={kind: dhc, n_streams: 2}",
+                   f"train.fp32_stream_state={str(fp32_state).lower()}")
+    trainer = Trainer(cfg)
+    seen = []
+    conn = next(m for m in trainer.model.modules() if getattr(m, "kind", None) == "dhc")
+    conn.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    trainer.fit()
+    assert seen and seen[0] == want

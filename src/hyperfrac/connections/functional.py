@@ -167,8 +167,8 @@ def _np_forward(h32: Tensor, w: Tensor, mode: str, eps: float):
     y = y_ext[..., :k]  # (N, S, K)
     # own storage: a view would keep the whole (N, S, K') product alive among saved tensors
     mu = y_ext[..., k].contiguous() if extra else None  # (N, S) mean
-    if mode == "none":
-        return y, None, None
+    if mode == "none":  # contiguous: the saved logits must not pin the padded product
+        return (y.contiguous() if cols != k else y), None, None
     ms = torch.linalg.vector_norm(h32, dim=-1).square_().div_(ds)  # (N, S) mean of squares
     if mu is not None:
         rstd = torch.rsqrt((ms - mu.square()).clamp_(min=0.0) + eps)

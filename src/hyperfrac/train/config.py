@@ -103,6 +103,10 @@ class TrainConfig:
     """fp32 | bf16 (autocast; fp32 master weights and optimizer state)."""
     compile: bool = False
     """torch.compile each transformer block (inductor)."""
+    fp32_stream_state: bool = False
+    """Keep the connections' stream state in fp32 under ``precision: bf16`` (by default it
+    follows the training precision, as in DeepSeek-V4; coefficients and mixing are fp32
+    either way): :func:`hyperfrac.connections.fp32_stream_state`."""
     connection_kernels: str = "eager"
     """eager (the connection kernels as eager torch ops) | compiled (the same kernels fused by
     inductor, each compiled once on first use, while the model stays eager:

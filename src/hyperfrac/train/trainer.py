@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hyperfrac.connections import compiled_kernels
+from hyperfrac.connections import compiled_kernels, fp32_stream_state
 from hyperfrac.models.lm import count_params
 from hyperfrac.precision import autocast as precision_autocast
 from hyperfrac.runs import resolve_device
@@ -260,10 +260,12 @@ class Trainer:
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        """Forward context: the training precision and the connection kernel backend."""
-        fused = self.cfg.train.connection_kernels == "compiled"
-        with precision_autocast(self.device.type, self.cfg.train.precision), \
-                compiled_kernels(fused):
+        """Forward context: the training precision, the connection kernel backend and the
+        stream-state precision."""
+        train = self.cfg.train
+        with precision_autocast(self.device.type, train.precision), \
+                compiled_kernels(train.connection_kernels == "compiled"), \
+                fp32_stream_state(train.fp32_stream_state):
             yield
 
     def train_step(self) -> dict[str, Any]:
