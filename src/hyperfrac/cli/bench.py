@@ -37,25 +37,30 @@ def _run_connections(args: argparse.Namespace) -> dict:
     )
 
 
-def _train_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+def _step_arguments(p: argparse.ArgumentParser, d: dict[str, Any], steps_help: str) -> None:
+    """What ``bench train`` and ``bench profile`` share: the model, the step, the kinds."""
     p.add_argument("--preset", default=d["preset"], help=f"model preset (default {d['preset']})")
     p.add_argument("--kinds", default=d["kinds"],
-                   help=f"comma-separated kind[:n] list (default {d['kinds']})")
+                   help=f"comma-separated kind[:n][+option[=value]] list (default {d['kinds']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--seq-len", type=int, default=d["seq_len"])
-    p.add_argument("--steps", type=int, default=d["steps"], help="timed steps per kind per round")
-    p.add_argument("--rounds", type=int, default=d["rounds"], help="interleaved rounds (median)")
+    p.add_argument("--steps", type=int, default=d["steps"], help=steps_help)
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed steps per kind first")
     p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
+    p.add_argument("--fp32-state", action="store_true",
+                   help="keep stream states fp32 under bf16 (default: the training precision)")
+    p.add_argument("--kernels", default=d["kernels"], choices=("eager", "compiled"),
+                   help="connection kernels: eager ops (default) or fused by inductor")
+    p.add_argument("--out", default=d["out"])
+
+
+def _train_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    _step_arguments(p, d, "timed steps per kind per round")
+    p.add_argument("--rounds", type=int, default=d["rounds"], help="interleaved rounds (median)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--threads", type=int, default=d["threads"], help="torch threads on CPU")
     p.add_argument("--device", default=d["device"])
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
-    p.add_argument("--fp32-state", action="store_true",
-                   help="keep stream states fp32 under bf16 (default: the training precision)")
-    p.add_argument("--kernels", default="eager", choices=("eager", "compiled"),
-                   help="connection kernels: eager ops (default) or fused by inductor")
-    p.add_argument("--out", default=d["out"])
 
 
 def _run_train(args: argparse.Namespace) -> dict:
@@ -70,20 +75,8 @@ def _run_train(args: argparse.Namespace) -> dict:
 
 
 def _profile_arguments(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    p.add_argument("--preset", default=d["preset"], help=f"model preset (default {d['preset']})")
-    p.add_argument("--kinds", default=d["kinds"],
-                   help=f"comma-separated kind[:n] list (default {d['kinds']})")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--seq-len", type=int, default=d["seq_len"])
-    p.add_argument("--steps", type=int, default=d["steps"], help="measured steps (median)")
-    p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed steps per kind first")
-    p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
+    _step_arguments(p, d, "measured steps (median)")
     p.add_argument("--threads", type=int, default=d["threads"], help="torch threads")
-    p.add_argument("--fp32-state", action="store_true",
-                   help="keep stream states fp32 under bf16 (default: the training precision)")
-    p.add_argument("--kernels", default="eager", choices=("eager", "compiled"),
-                   help="connection kernels: eager ops (default) or fused by inductor")
-    p.add_argument("--out", default=d["out"])
 
 
 def _run_profile(args: argparse.Namespace) -> dict:

@@ -66,12 +66,20 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
     first call per shape compiles (seconds); the maths is unchanged (tested against the eager
     kernels and the float64 reference). Inside a ``torch.compile``-d model the plain kernels
     are traced instead, so this has no effect there. ``enabled=False`` turns it off inside."""
-    previous = _COMPILED_KERNELS[0]
-    _COMPILED_KERNELS[0] = bool(enabled)
+    with flag_set(_COMPILED_KERNELS, enabled):
+        yield
+
+
+@contextlib.contextmanager
+def flag_set(flag: list[bool], enabled: bool) -> Iterator[None]:
+    """Set a module-level switch (a one-element list) to ``enabled`` inside, restoring the
+    previous value on exit (nested uses restore in order)."""
+    previous = flag[0]
+    flag[0] = bool(enabled)
     try:
         yield
     finally:
-        _COMPILED_KERNELS[0] = previous
+        flag[0] = previous
 
 
 def kernel(fn: _F) -> _F:

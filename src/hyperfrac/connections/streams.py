@@ -37,12 +37,8 @@ _FP32_STATE = [False]
 def fp32_stream_state(enabled: bool = True) -> Iterator[None]:
     """Keep the stream state in float32 under autocast (the behaviour before the state
     followed the training precision); ``enabled=False`` restores the default inside."""
-    previous = _FP32_STATE[0]
-    _FP32_STATE[0] = bool(enabled)
-    try:
+    with kernels.flag_set(_FP32_STATE, enabled):
         yield
-    finally:
-        _FP32_STATE[0] = previous
 
 
 def state_in_training_precision(h: Tensor) -> Tensor:
