@@ -39,6 +39,8 @@ def _run_connections(args: argparse.Namespace) -> dict:
 
 def _step_arguments(p: argparse.ArgumentParser, d: dict[str, Any], steps_help: str) -> None:
     """What ``bench train`` and ``bench profile`` share: the model, the step, the kinds."""
+    from hyperfrac.connections import KERNEL_BACKENDS
+
     p.add_argument("--preset", default=d["preset"], help=f"model preset (default {d['preset']})")
     p.add_argument("--kinds", default=d["kinds"],
                    help=f"comma-separated kind[:n][+option[=value]] list (default {d['kinds']})")
@@ -49,7 +51,7 @@ def _step_arguments(p: argparse.ArgumentParser, d: dict[str, Any], steps_help: s
     p.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16"))
     p.add_argument("--fp32-state", action="store_true",
                    help="keep stream states fp32 under bf16 (default: the training precision)")
-    p.add_argument("--kernels", default=d["kernels"], choices=("eager", "compiled"),
+    p.add_argument("--kernels", default=d["kernels"], choices=KERNEL_BACKENDS,
                    help="connection kernels: eager ops (default) or fused by inductor")
     p.add_argument("--out", default=d["out"])
 

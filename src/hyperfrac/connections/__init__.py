@@ -19,7 +19,7 @@ from hyperfrac.connections.attnres import AttentionResidual
 from hyperfrac.connections.base import Connection, StreamConnection
 from hyperfrac.connections.deepseek_v4 import DeepseekV4HyperConnection
 from hyperfrac.connections.frac import FracConnection
-from hyperfrac.connections.functional import compiled_kernels
+from hyperfrac.connections.functional import KERNEL_BACKENDS, compiled_kernels
 from hyperfrac.connections.head import HyperHead
 from hyperfrac.connections.hyper import HyperConnection
 from hyperfrac.connections.kromhc import KromHC
@@ -39,6 +39,7 @@ from hyperfrac.connections.residual import PostNorm, Residual
 from hyperfrac.connections.streams import fp32_stream_state
 
 __all__ = [
+    "KERNEL_BACKENDS",
     "KINDS",
     "AttentionResidual",
     "Connection",

@@ -49,6 +49,8 @@ __all__ = [
 
 _NORMS = ("layernorm", "rmsnorm", "none")
 _MIN_GEMM_COLS = 16
+KERNEL_BACKENDS = ("eager", "compiled")
+"""Connection kernel backends: eager torch ops, or :func:`compiled_kernels`."""
 _COMPILED_KERNELS = [False]
 _ACTIVATION_BUDGET = 0.5
 _RECOMPILE_LIMIT = 64

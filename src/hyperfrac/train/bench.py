@@ -52,6 +52,7 @@ from hyperfrac.bench.allocator import minor_faults, steady_allocator
 from hyperfrac.bench.memory import peak_live_bytes, saved_tensor_bytes
 from hyperfrac.bench.rounds import CONTENDED, OtherLoad, dirty, paired_ratios, spread
 from hyperfrac.connections import (
+    KERNEL_BACKENDS,
     compiled_kernels,
     connection_class,
     fp32_stream_state,
@@ -222,12 +223,9 @@ def _timed(arm: _Arm, steps: int) -> tuple[float, float | None]:
     return load.wall, load.share
 
 
-KERNELS = ("eager", "compiled")
-
-
 def check_kernels(kernels: str) -> None:
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels={kernels!r}; expected one of {', '.join(KERNELS)}")
+    if kernels not in KERNEL_BACKENDS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {', '.join(KERNEL_BACKENDS)}")
 
 
 def _check_counts(**counts: tuple[Any, int]) -> None:

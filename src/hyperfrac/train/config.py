@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from hyperfrac.connections.functional import KERNEL_BACKENDS
 from hyperfrac.data.prepare import CORPORA
 from hyperfrac.models.lm import STREAM_HEADS, LMConfig, MoEConfig
 from hyperfrac.models.presets import preset_config
@@ -310,7 +311,7 @@ RANGES: dict[type, dict[str, Range]] = {
 CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     OptimConfig: {"schedule": ("cosine", "wsd", "constant")},
     TrainConfig: {"precision": PRECISIONS, "on_nonfinite": ("skip", "raise"),
-                  "parallel": ("ddp", "fsdp"), "connection_kernels": ("eager", "compiled")},
+                  "parallel": ("ddp", "fsdp"), "connection_kernels": KERNEL_BACKENDS},
     CheckpointConfig: {"format": ("auto", "full", "sharded")},
     LogConfig: {"progress": ("auto", "always", "never"),
                 "wandb": ("disabled", "online", "offline")},
